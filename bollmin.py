@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""bollmin — Bollinger-band breakout/revert bot for Binance USDⓈ-M perpetual futures.
+
+    python bollmin.py [run]                      trade (paper by default)
+    python bollmin.py backtest --klines FILE     replay history through the same engine
+    python bollmin.py trades [--json]            orders and fills recorded in the DB
+    python bollmin.py dashboard                  the web page
+    python bollmin.py demo                       the whole system offline
+    python bollmin.py check-config               the effective settings, secrets masked
+
+Exit codes (for systemd and scripts): 0 done / clean stop, 1 crash (restartable),
+2 bad configuration or input (never retried), 3 the exchange refused the account setup
+(bad key or permissions, hedge-mode account) — needs a person, never retried.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_ACCOUNT = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error on one line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"bollmin: {message} (see: python bollmin.py {self.prog.split()[-1]} --help)\n")
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> int:
+    sys.stderr.write(f"bollmin: {message}\n")
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH",
+                        help="settings file (default: $BOLLMIN_CONFIG or built-in defaults)")
+    p = _Parser(prog="bollmin", description="Bollinger-band bot for Binance USD-M futures.", parents=[common])
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    sub.add_parser("run", parents=[common], help="trade (paper unless PAPER_TRADING = False)",
+                   description="Run the trading bot until SIGTERM/SIGINT.")
+    b = sub.add_parser("backtest", parents=[common], help="replay a kline file through the strategy",
+                       description="Feed a kline CSV through the same indicator, state machine and paper broker.")
+    b.add_argument("--klines", metavar="FILE", required=True,
+                   help="CSV with header open_time_ms,open,high,low,close or a raw 12-column "
+                        "Binance kline CSV (.gz ok)")
+    b.add_argument("--json", action="store_true", help="one JSON object per order action, then a summary line")
+    b.add_argument("--db", metavar="PATH",
+                   help="also record the run in this SQLite file (replacing an earlier backtest)")
+    b.add_argument("--interval", metavar="I", help="override INTERVAL for this run (e.g. 15m)")
+    t = sub.add_parser("trades", parents=[common], help="orders and fills recorded in the DB (newest last)",
+                       description="Show the recorded orders and fills, newest last.")
+    t.add_argument("--json", action="store_true", help="one JSON object per line")
+    t.add_argument("--limit", type=int, metavar="N", help="only the newest N")
+    t.add_argument("--db", metavar="PATH", help="read this SQLite file instead of DB_PATH")
+    t.add_argument("--all", action="store_true", help="include orders that did not fill (rejected, unknown, ...)")
+    sub.add_parser("dashboard", parents=[common], help="serve the web dashboard",
+                   description="Serve the dashboard on DASHBOARD_HOST:DASHBOARD_PORT.")
+    d = sub.add_parser("demo", parents=[common], help="run everything offline against the simulated exchange",
+                       description="Simulated exchange + bot + dashboard on bundled real BTCUSDT data.")
+    d.add_argument("--speed", type=float, default=None, metavar="N", help="replay at N x real time")
+    c = sub.add_parser("check-config", parents=[common], help="validate and print the effective settings",
+                       description="Validate the settings and print them with secrets masked.")
+    c.add_argument("--json", action="store_true", help="as one JSON object")
+    return p
+
+
+def _load(path: str | None):
+    from config import load_config
+
+    return load_config(path)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from config import SETTINGS, masked
+
+    cfg = _load(args.config)
+    values = masked(cfg)
+    if args.json:
+        print(json.dumps(values | {"mode": cfg.mode, "source": cfg.source}))
+        return EXIT_OK
+    print(f"# bollmin settings from {cfg.source} — mode {cfg.mode} — OK")
+    for s in SETTINGS:
+        mark = "" if values[s.name] == s.default else "   # changed"
+        print(f"{s.name} = {values[s.name]!r}{mark}")
+    return EXIT_OK
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from backtest import main_backtest
+
+    cfg = _load(args.config)
+    if args.interval:
+        cfg = cfg.replace(INTERVAL=args.interval)
+    return main_backtest(cfg, args.klines, args.json, args.db)
+
+
+def cmd_trades(args: argparse.Namespace) -> int:
+    import store
+
+    cfg = _load(args.config)
+    path = args.db or cfg.DB_PATH
+    if args.limit is not None and args.limit < 1:
+        return _fail("--limit must be at least 1")
+    conn = store.connect_readonly(path)
+    try:
+        rows = store.read_trades(conn, limit=args.limit, include_unfilled=args.all)
+    finally:
+        conn.close()
+    out = sys.stdout
+    if args.json:
+        for r in rows:
+            out.write(json.dumps(store.trade_json(r)) + "\n")
+        return EXIT_OK
+    if not rows:
+        out.write(f"没有成交记录 (no trades) in {path}\n")
+        return EXIT_OK
+    out.write(f"{'time (UTC)':<20} {'action':<11} {'reason':<11} {'price':>12} {'qty':>9} {'fee':>8} "
+              f"{'pnl':>9} {'mode':<5} {'status':<8} client_order_id\n")
+    import datetime as dt
+
+    for r in rows:
+        j = store.trade_json(r)
+        when = dt.datetime.fromtimestamp(j["time_ms"] / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        pnl = "" if j["realized_pnl_usdt"] is None else f"{j['realized_pnl_usdt']:+.2f}"
+        out.write(f"{when:<20} {j['action']:<11} {j['reason']:<11} {j['price']:>12.2f} {j['qty']:>9} "
+                  f"{j['fee_usdt']:>8.4f} {pnl:>9} {'paper' if j['paper'] else 'live':<5} {j['status']:<8} "
+                  f"{j['client_order_id']}\n")
+    return EXIT_OK
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    import dashboard
+
+    return dashboard.serve(cfg)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import runner
+
+    cfg = _load(args.config)
+    return runner.main(cfg)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import demo
+
+    return demo.main(args.config, args.speed)
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "backtest": cmd_backtest,
+    "trades": cmd_trades,
+    "dashboard": cmd_dashboard,
+    "demo": cmd_demo,
+    "check-config": cmd_check_config,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = args.command or "run"
+    if args.command is None:
+        args = build_parser().parse_args(["run", *(argv if argv is not None else sys.argv[1:])])
+    from config import ConfigError
+    from history import HistoryError
+    from store import StoreError
+
+    try:
+        return COMMANDS[command](args)
+    except (ConfigError, HistoryError, StoreError) as err:
+        return _fail(str(err))
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

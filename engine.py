@@ -1,0 +1,130 @@
+"""The engine: live BOLL + the strategy table + the candle clock. Pure logic, no I/O.
+
+Backtest, paper and live trading feed the same ``Engine``; they differ only in where
+ticks come from and which broker fills the orders.
+
+Candle boundaries come from exchange timestamps only (SPEC §3): a trade whose time is at
+or after the forming candle's close time belongs to the next candle, and the forming
+candle closes at the last price before it. A kline "closed" event confirms that close or
+corrects it. Closing a candle only rolls the window; it is not an extra evaluation of the
+table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from indicators import Bands, LiveBoll
+from state import Order, State, step
+
+
+class Transition(NamedTuple):
+    """One state change caused by a tick."""
+
+    time_ms: int
+    from_state: State
+    to_state: State
+    price: float
+    bands: Bands
+    orders: tuple[Order, ...]
+
+
+class Engine:
+    """Indicator, table and candle clock for one symbol and interval.
+
+    ``on_trade`` is the per-tick entry point (O(1)). ``hold`` freezes the table (ticks still
+    update price and bands) while live orders are in flight.
+    """
+
+    __slots__ = ("boll", "interval_ms", "state", "forming_open_ms", "last_price", "last_time_ms",
+                 "last_bands", "last_closed_open_ms", "hold", "_forming_has_ticks")
+
+    def __init__(self, period: int, k: float, ddof: int, interval_ms: int, state: State = State.FLAT,
+                 closes: Sequence[float] = (), last_closed_open_ms: int | None = None) -> None:
+        self.boll = LiveBoll(period, k, ddof, closes)
+        self.interval_ms = interval_ms
+        self.state = state
+        self.last_closed_open_ms = last_closed_open_ms
+        self.forming_open_ms: int | None = (
+            None if last_closed_open_ms is None else last_closed_open_ms + interval_ms
+        )
+        self.last_price: float | None = None
+        self.last_time_ms: int | None = None
+        self.last_bands: Bands | None = None
+        self.hold = False
+        self._forming_has_ticks = False
+
+    @property
+    def ready(self) -> bool:
+        return self.boll.ready
+
+    def candle_of(self, time_ms: int) -> int:
+        """Open time of the candle a trade at ``time_ms`` belongs to."""
+        return time_ms - time_ms % self.interval_ms
+
+    def on_trade(self, time_ms: int, price: float) -> Transition | None:
+        """A tick: roll the candle if the trade belongs to a later one, then step the table."""
+        open_ms = time_ms - time_ms % self.interval_ms
+        forming = self.forming_open_ms
+        if forming is None:
+            self.forming_open_ms = open_ms
+        elif open_ms != forming:
+            if open_ms < forming:
+                return None  # a late trade of a candle already closed: ignore it
+            if self._forming_has_ticks and self.last_price is not None:
+                self._close(forming, self.last_price)
+            self.forming_open_ms = open_ms
+            self._forming_has_ticks = False
+        self._forming_has_ticks = True
+        self.last_price = price
+        self.last_time_ms = time_ms
+        bands = self.boll.bands(price)
+        self.last_bands = bands
+        if bands is None or self.hold:
+            return None
+        before = self.state
+        after, orders = step(before, price, bands.up, bands.dn)
+        if after is before:
+            return None
+        self.state = after
+        return Transition(time_ms, before, after, price, bands, orders)
+
+    def on_candle_closed(self, open_ms: int, close: float) -> str:
+        """The exchange says the candle opening at ``open_ms`` closed at ``close``.
+
+        Returns what happened: ``"closed"`` (rolled the window now), ``"confirmed"``,
+        ``"corrected"`` (the close we rolled with was replaced), ``"stale"`` (older than the
+        last closed candle: ignored) or ``"gap"`` (candles are missing: the caller must
+        backfill and ``resync``).
+        """
+        last = self.last_closed_open_ms
+        if last is not None and open_ms == last:
+            if self.boll.closed and self.boll.closed[-1] != close:
+                self.boll.replace_last_closed(close)
+                return "corrected"
+            return "confirmed"
+        if last is not None and open_ms < last:
+            return "stale"
+        if last is not None and open_ms > last + self.interval_ms:
+            return "gap"
+        if self.forming_open_ms is not None and open_ms < self.forming_open_ms and last is None:
+            return "stale"
+        self._close(open_ms, close)
+        if self.forming_open_ms is None or self.forming_open_ms <= open_ms:
+            self.forming_open_ms = open_ms + self.interval_ms
+            self._forming_has_ticks = False
+        return "closed"
+
+    def _close(self, open_ms: int, close: float) -> None:
+        self.boll.push_closed(close)
+        self.last_closed_open_ms = open_ms
+
+    def resync(self, closes: Sequence[float], last_closed_open_ms: int) -> None:
+        """Replace the window with ``closes`` (oldest first) after a backfill."""
+        boll = self.boll
+        self.boll = LiveBoll(boll.period, boll.k, boll.ddof, closes[-(boll.period - 1):])
+        self.last_closed_open_ms = last_closed_open_ms
+        if self.forming_open_ms is None or self.forming_open_ms <= last_closed_open_ms:
+            self.forming_open_ms = last_closed_open_ms + self.interval_ms
+            self._forming_has_ticks = False

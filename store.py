@@ -1,0 +1,486 @@
+"""SQLite storage: schema and migrations, the single writer, and the read helpers.
+
+One file (``DB_PATH``), stdlib ``sqlite3``, WAL. The bot is the only writer of trading data;
+it writes through ``Writer`` (one thread, off the event loop). The dashboard opens the file
+read-only and may only add rows to ``commands``. Every table is meant to be read with the
+``sqlite3`` CLI, so names say what things are and times are epoch milliseconds (``*_ms``).
+
+Schema versions are ``PRAGMA user_version``; each migration runs inside one explicit
+transaction (not ``executescript``, which commits on its own).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import queue
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from history import Candle
+
+log = logging.getLogger("bollmin.store")
+
+SCHEMA_V1 = (
+    """CREATE TABLE candles (
+        symbol TEXT NOT NULL,
+        interval TEXT NOT NULL,
+        open_time_ms INTEGER NOT NULL,
+        open REAL NOT NULL,
+        high REAL NOT NULL,
+        low REAL NOT NULL,
+        close REAL NOT NULL,
+        volume REAL NOT NULL DEFAULT 0,
+        close_time_ms INTEGER NOT NULL,
+        PRIMARY KEY (symbol, interval, open_time_ms)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE transitions (
+        id INTEGER PRIMARY KEY,
+        time_ms INTEGER NOT NULL,          -- exchange time of the tick (or of the event)
+        from_state TEXT NOT NULL,
+        to_state TEXT NOT NULL,
+        price REAL NOT NULL,               -- the tick price that caused it
+        band_up REAL,
+        band_mid REAL,
+        band_dn REAL,
+        cause TEXT NOT NULL DEFAULT 'tick' -- tick | reconcile | rejected | command | restart
+    )""",
+    """CREATE TABLE orders (
+        id INTEGER PRIMARY KEY,
+        client_order_id TEXT NOT NULL UNIQUE,  -- newClientOrderId sent to Binance
+        transition_id INTEGER REFERENCES transitions(id),
+        time_ms INTEGER NOT NULL,              -- exchange time of the tick that caused it
+        symbol TEXT NOT NULL,
+        action TEXT NOT NULL CHECK (action IN ('open_long','open_short','close_long','close_short')),
+        reason TEXT NOT NULL CHECK (reason IN ('entry','take_profit','stop_loss','manual','reconcile')),
+        side TEXT NOT NULL CHECK (side IN ('BUY','SELL')),
+        qty REAL NOT NULL,                     -- requested quantity, base asset (BTC)
+        reduce_only INTEGER NOT NULL DEFAULT 0,
+        paper INTEGER NOT NULL,                -- 1 = simulated, never sent to the exchange
+        status TEXT NOT NULL DEFAULT 'pending'
+            CHECK (status IN ('pending','sent','unknown','filled','rejected','expired')),
+        tick_price REAL NOT NULL,              -- price of the tick that triggered the order
+        exchange_order_id INTEGER,
+        fill_price REAL,
+        filled_qty REAL,
+        fee_usdt REAL,
+        realized_pnl_usdt REAL,                -- closes only: gross PnL of the closed quantity
+        error_code INTEGER,
+        error_message TEXT,
+        created_ms INTEGER NOT NULL,           -- wall clock
+        updated_ms INTEGER NOT NULL
+    )""",
+    "CREATE INDEX orders_by_time ON orders(time_ms)",
+    "CREATE INDEX orders_by_status ON orders(status)",
+    """CREATE TABLE fills (
+        id INTEGER PRIMARY KEY,
+        order_id INTEGER NOT NULL REFERENCES orders(id),
+        time_ms INTEGER NOT NULL,
+        price REAL NOT NULL,
+        qty REAL NOT NULL,
+        fee_usdt REAL NOT NULL,
+        realized_pnl_usdt REAL NOT NULL DEFAULT 0,
+        paper INTEGER NOT NULL
+    )""",
+    "CREATE INDEX fills_by_order ON fills(order_id)",
+    """CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        time_ms INTEGER NOT NULL,
+        level TEXT NOT NULL,                 -- DEBUG | INFO | WARNING | ERROR | CRITICAL
+        message TEXT NOT NULL
+    )""",
+    "CREATE INDEX events_by_time ON events(time_ms)",
+    """CREATE TABLE status (
+        key TEXT PRIMARY KEY,
+        value TEXT,
+        updated_ms INTEGER NOT NULL
+    )""",
+    """CREATE TABLE commands (
+        id INTEGER PRIMARY KEY,
+        created_ms INTEGER NOT NULL,
+        command TEXT NOT NULL CHECK (command IN ('pause','resume','close_position')),
+        status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending','done','failed')),
+        result TEXT,
+        done_ms INTEGER
+    )""",
+    # Convenience for the sqlite3 CLI: executed orders with their results.
+    """CREATE VIEW trades AS
+        SELECT id, time_ms, datetime(time_ms / 1000, 'unixepoch') AS time_utc, action, reason,
+               fill_price AS price, filled_qty AS qty, fee_usdt, realized_pnl_usdt, paper,
+               client_order_id, exchange_order_id
+        FROM orders WHERE status = 'filled'""",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (SCHEMA_V1,)  # index i upgrades user_version i -> i+1
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(RuntimeError):
+    """The DB cannot be used (wrong file, newer schema, unwritable). One-line message."""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _setup(conn: sqlite3.Connection, readonly: bool) -> sqlite3.Connection:
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute("PRAGMA foreign_keys = ON")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable at checkpoints, never corrupt
+    return conn
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """A read-write connection with the schema migrated to the current version."""
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+        _setup(conn, readonly=False)
+        migrate(conn)
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"database {path}: {exc}") from None
+    except OSError as exc:
+        raise StoreError(f"database {path}: {exc.strerror or exc}") from None
+    return conn
+
+
+def connect_readonly(path: str) -> sqlite3.Connection:
+    """A read-only connection (``mode=ro``): it can never change trading data."""
+    if not os.path.exists(path):
+        raise StoreError(f"database {path}: no such file")
+    uri = "file:" + os.path.abspath(path) + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=5.0)
+        return _setup(conn, readonly=True)
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"database {path}: {exc}") from None
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Apply the migrations the file lacks, one version per transaction."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"schema version {version} is newer than this program's {SCHEMA_VERSION}; upgrade bollmin")
+    if version == 0:
+        tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+        if tables:
+            raise StoreError("the file is a SQLite database but not a bollmin one")
+    for target in range(version, SCHEMA_VERSION):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[target]:
+                conn.execute(statement)
+            if target == 0:
+                # A random id per database, part of every client order id: a new DB can never
+                # reuse an id that an older DB already sent to the same account.
+                conn.execute(
+                    "INSERT INTO status(key, value, updated_ms) VALUES ('db_id', ?, ?)",
+                    (secrets.token_hex(3), now_ms()),
+                )
+            conn.execute(f"PRAGMA user_version = {target + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+class Store:
+    """Typed writes and reads over one read-write connection. Not thread-safe: one owner."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.conn = connect(path)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # ---- transactions --------------------------------------------------------------------
+    def transaction(self) -> _Tx:
+        return _Tx(self.conn)
+
+    # ---- writes ---------------------------------------------------------------------------
+    def add_candles(self, symbol: str, interval: str, step_ms: int, candles: Iterable[Candle]) -> None:
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO candles(symbol, interval, open_time_ms, open, high, low, close, volume,"
+            " close_time_ms) VALUES (?,?,?,?,?,?,?,?,?)",
+            [(symbol, interval, c.open_time_ms, c.open, c.high, c.low, c.close, c.volume,
+              c.open_time_ms + step_ms - 1) for c in candles],
+        )
+
+    def add_transition(self, time_ms: int, from_state: str, to_state: str, price: float,
+                       bands: Sequence[float] | None, cause: str = "tick") -> int:
+        up, mid, dn = bands if bands is not None else (None, None, None)
+        cur = self.conn.execute(
+            "INSERT INTO transitions(time_ms, from_state, to_state, price, band_up, band_mid, band_dn, cause)"
+            " VALUES (?,?,?,?,?,?,?,?)",
+            (time_ms, str(from_state), str(to_state), price, up, mid, dn, cause),
+        )
+        return int(cur.lastrowid)
+
+    def add_order(self, *, client_order_id: str, transition_id: int | None, time_ms: int, symbol: str,
+                  action: str, reason: str, side: str, qty: float, reduce_only: bool, paper: bool,
+                  tick_price: float, status: str = "pending") -> int:
+        ts = now_ms()
+        cur = self.conn.execute(
+            "INSERT INTO orders(client_order_id, transition_id, time_ms, symbol, action, reason, side, qty,"
+            " reduce_only, paper, status, tick_price, created_ms, updated_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (client_order_id, transition_id, time_ms, symbol, str(action), str(reason), side, qty,
+             int(reduce_only), int(paper), status, tick_price, ts, ts),
+        )
+        return int(cur.lastrowid)
+
+    _ORDER_FIELDS = frozenset({"status", "exchange_order_id", "fill_price", "filled_qty", "fee_usdt",
+                               "realized_pnl_usdt", "error_code", "error_message"})
+
+    def update_order(self, client_order_id: str, **fields: Any) -> None:
+        unknown = set(fields) - self._ORDER_FIELDS
+        if unknown:
+            raise ValueError(f"unknown order field(s): {sorted(unknown)}")
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        self.conn.execute(
+            f"UPDATE orders SET {cols}, updated_ms = ? WHERE client_order_id = ?",
+            (*fields.values(), now_ms(), client_order_id),
+        )
+
+    def add_fill(self, order_id: int, time_ms: int, price: float, qty: float, fee_usdt: float,
+                 realized_pnl_usdt: float, paper: bool) -> None:
+        self.conn.execute(
+            "INSERT INTO fills(order_id, time_ms, price, qty, fee_usdt, realized_pnl_usdt, paper)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (order_id, time_ms, price, qty, fee_usdt, realized_pnl_usdt, int(paper)),
+        )
+
+    def add_event(self, level: str, message: str, time_ms: int | None = None) -> None:
+        self.conn.execute(
+            "INSERT INTO events(time_ms, level, message) VALUES (?,?,?)",
+            (now_ms() if time_ms is None else time_ms, level, message),
+        )
+
+    def set_status(self, values: dict[str, Any]) -> None:
+        ts = now_ms()
+        self.conn.executemany(
+            "INSERT INTO status(key, value, updated_ms) VALUES (?,?,?)"
+            " ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_ms = excluded.updated_ms",
+            [(k, None if v is None else str(v), ts) for k, v in values.items()],
+        )
+
+    def finish_command(self, command_id: int, ok: bool, result: str) -> None:
+        self.conn.execute(
+            "UPDATE commands SET status = ?, result = ?, done_ms = ? WHERE id = ?",
+            ("done" if ok else "failed", result, now_ms(), command_id),
+        )
+
+    def clear_trading_data(self) -> None:
+        """Delete every candle, order, fill, transition, event and command (keeps db_id)."""
+        for table in ("fills", "orders", "transitions", "events", "candles", "commands"):
+            self.conn.execute(f"DELETE FROM {table}")
+        self.conn.execute("DELETE FROM status WHERE key != 'db_id'")
+
+
+class _Tx:
+    """``with store.transaction():`` — BEGIN IMMEDIATE … COMMIT, ROLLBACK on error."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+# ---- reads (any connection, read-only included) ---------------------------------------------
+
+def read_status(conn: sqlite3.Connection) -> dict[str, str]:
+    """The status table as a dict of text values."""
+    return {r["key"]: r["value"] for r in conn.execute("SELECT key, value FROM status")}
+
+
+def read_candles(conn: sqlite3.Connection, symbol: str, interval: str, limit: int) -> list[Candle]:
+    """The newest ``limit`` stored candles, oldest first."""
+    rows = conn.execute(
+        "SELECT open_time_ms, open, high, low, close, volume FROM candles WHERE symbol = ? AND interval = ?"
+        " ORDER BY open_time_ms DESC LIMIT ?",
+        (symbol, interval, limit),
+    ).fetchall()
+    return [Candle(*tuple(r)) for r in reversed(rows)]
+
+
+def read_trades(conn: sqlite3.Connection, limit: int | None = None, paper: bool | None = None,
+                include_unfilled: bool = False, offset: int = 0) -> list[dict[str, Any]]:
+    """Orders (filled ones unless ``include_unfilled``), newest last; ``limit`` keeps the newest."""
+    where, args = [], []
+    if not include_unfilled:
+        where.append("status = 'filled'")
+    if paper is not None:
+        where.append("paper = ?")
+        args.append(int(paper))
+    sql = "SELECT * FROM orders" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC"
+    if limit is not None:
+        sql += " LIMIT ? OFFSET ?"
+        args += [limit, offset]
+    rows = conn.execute(sql, args).fetchall()
+    return [dict(r) for r in reversed(rows)]
+
+
+def trade_json(row: dict[str, Any]) -> dict[str, Any]:
+    """One order as the ``trades --json`` object (SPEC §7)."""
+    filled = row["status"] == "filled"
+    return {
+        "time_ms": row["time_ms"],
+        "action": row["action"],
+        "reason": row["reason"],
+        "price": row["fill_price"] if filled else row["tick_price"],
+        "qty": row["filled_qty"] if filled else row["qty"],
+        "fee_usdt": row["fee_usdt"] or 0.0,
+        "realized_pnl_usdt": row["realized_pnl_usdt"],
+        "paper": bool(row["paper"]),
+        "status": row["status"],
+        "client_order_id": row["client_order_id"],
+        "exchange_order_id": row["exchange_order_id"],
+    }
+
+
+def read_open_intents(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Live orders whose outcome is not known yet (pending, sent or unknown), oldest first."""
+    rows = conn.execute(
+        "SELECT * FROM orders WHERE paper = 0 AND status IN ('pending','sent','unknown') ORDER BY id"
+    ).fetchall()
+    return [dict(r) for r in rows]
+
+
+def read_events(conn: sqlite3.Connection, limit: int = 50, min_level: str | None = None) -> list[dict[str, Any]]:
+    """Newest first."""
+    if min_level in ("WARNING", "ERROR"):
+        levels = ("WARNING", "ERROR", "CRITICAL") if min_level == "WARNING" else ("ERROR", "CRITICAL")
+        rows = conn.execute(
+            f"SELECT * FROM events WHERE level IN ({','.join('?' * len(levels))}) ORDER BY id DESC LIMIT ?",
+            (*levels, limit),
+        ).fetchall()
+    else:
+        rows = conn.execute("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+    return [dict(r) for r in rows]
+
+
+def read_transitions(conn: sqlite3.Connection, limit: int = 50) -> list[dict[str, Any]]:
+    """Newest first."""
+    return [dict(r) for r in conn.execute("SELECT * FROM transitions ORDER BY id DESC LIMIT ?", (limit,))]
+
+
+def pending_commands(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    return [dict(r) for r in conn.execute("SELECT * FROM commands WHERE status = 'pending' ORDER BY id")]
+
+
+def add_command(path: str, command: str) -> int:
+    """Queue a dashboard command (pause | resume | close_position) for the bot; returns its id.
+
+    The only write the dashboard makes: a short connection of its own, one INSERT.
+    """
+    if command not in ("pause", "resume", "close_position"):
+        raise ValueError(f"unknown command {command!r}")
+    if not os.path.exists(path):
+        raise StoreError(f"database {path}: no such file")
+    conn = sqlite3.connect(path, isolation_level=None, timeout=5.0)
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        cur = conn.execute("INSERT INTO commands(created_ms, command) VALUES (?, ?)", (now_ms(), command))
+        return int(cur.lastrowid)
+    finally:
+        conn.close()
+
+
+# ---- the writer thread -----------------------------------------------------------------------
+
+_STOP = object()
+
+
+class Writer:
+    """The one writer: a thread that owns a ``Store`` and runs submitted calls in order.
+
+    ``submit(fn, ...)`` returns a Future (await it with ``asyncio.wrap_future`` when the write
+    must be committed before going on, e.g. an order intent); ``post`` is fire-and-forget.
+    Each call runs in its own transaction. A locked or full DB is retried with backoff, so
+    writes wait in the queue instead of being lost, and the event loop is never blocked.
+    """
+
+    def __init__(self, path: str, on_error: Callable[[str], None] | None = None) -> None:
+        self.store = Store(path)
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._on_error = on_error
+        self._thread = threading.Thread(target=self._run, name="bollmin-db-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        """Run ``fn(store, *args, **kwargs)`` in one transaction on the writer thread."""
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._queue.put((fn, args, kwargs, fut))
+        return fut
+
+    def post(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self._queue.put((fn, args, kwargs, None))
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize()
+
+    def close(self, timeout: float = 8.0) -> bool:
+        """Flush what is queued, then stop. True when everything was written."""
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        done = not self._thread.is_alive()
+        if done:
+            self.store.close()
+        return done
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            fn, args, kwargs, fut = item
+            if fut is not None and not fut.set_running_or_notify_cancel():
+                continue
+            delay = 0.05
+            while True:
+                try:
+                    with self.store.transaction():
+                        result = fn(self.store, *args, **kwargs)
+                except (sqlite3.OperationalError, sqlite3.DatabaseError) as exc:
+                    transient = isinstance(exc, sqlite3.OperationalError) and any(
+                        word in str(exc) for word in ("locked", "busy", "full", "disk I/O")
+                    )
+                    if not transient:
+                        self._report(f"database write failed ({fn.__name__}): {exc}")
+                        if fut is not None:
+                            fut.set_exception(exc)
+                        break
+                    self._report(f"database busy or full ({exc}); retrying {fn.__name__} in {delay:.1f}s")
+                    time.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                except Exception as exc:  # a bug in a write function must not kill the writer
+                    self._report(f"database write {fn.__name__} failed: {type(exc).__name__}: {exc}")
+                    if fut is not None:
+                        fut.set_exception(exc)
+                    break
+                if fut is not None:
+                    fut.set_result(result)
+                break
+
+    def _report(self, message: str) -> None:
+        log.error(message)
+        if self._on_error is not None:
+            try:
+                self._on_error(message)
+            except Exception:  # reporting must never take the writer down
+                log.exception("error callback failed")
