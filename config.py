@@ -132,7 +132,7 @@ SETTINGS: tuple[Setting, ...] = (
     # --- market data ------------------------------------------------------------------------
     Setting("WS_STALL_SECONDS", 30.0, "a stream silent this long is dead and gets reconnected", _between(2, 600)),
     Setting("WS_MAX_AGE_HOURS", 23.0, "reconnect proactively before Binance's 24 h cut", _between(0.01, 23.9)),
-    Setting("MAX_PRICE_JUMP_PCT", 20.0, "drop a tick further than this from the last price (per cent)", _between(0.1, 100)),
+    Setting("MAX_PRICE_JUMP_PCT", 20.0, "drop a tick further than this from the last one (%)", _between(0.1, 100)),
     # --- storage, logging, process ---------------------------------------------------------
     Setting("DB_PATH", "data/bollmin.db", "SQLite file of candles, orders, transitions, events and status", _nonempty),
     Setting("LOG_FILE", "logs/bollmin.log", "rotating log file (also logged to stderr)", _nonempty),

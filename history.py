@@ -158,7 +158,8 @@ def read_candles(path: str) -> list[Candle]:
             if t_float != int(t_float):
                 raise HistoryError(f"{where}: open time {row[idx[0]]!r} is not whole ms") from None
             t = int(t_float)
-        o, h, lo, c = (_number(row[i].strip(), n, where) for i, n in zip(idx[1:], ("open", "high", "low", "close"), strict=False))
+        fields = zip(idx[1:], ("open", "high", "low", "close"), strict=True)
+        o, h, lo, c = (_number(row[i].strip(), n, where) for i, n in fields)
         v = _number(row[vol].strip(), "volume", where) if vol is not None and row[vol].strip() else 0.0
         if min(o, h, lo, c) <= 0:
             raise HistoryError(f"{where}: prices must be > 0 (open={o}, high={h}, low={lo}, close={c})")
