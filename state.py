@@ -82,6 +82,7 @@ class Reason(StrEnum):
     ENTRY = "entry"
     TAKE_PROFIT = "take_profit"
     STOP_LOSS = "stop_loss"
+    MANUAL = "manual"  # not in the table: a person closed the position from the dashboard
 
     def __str__(self) -> str:
         return self.value

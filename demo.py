@@ -1,0 +1,155 @@
+"""``bollmin.py demo``: the whole system offline, in three processes.
+
+1. ``simexchange.py`` replays bundled real BTCUSDT 1m candles (May 2025) as a Binance
+   USDⓈ-M exchange on 127.0.0.1 (REST + market streams).
+2. ``bollmin.py run`` trades against it through the **real live path** (signed MARKET
+   orders with demo credentials, exactly-once intents, reconciliation) with INTERVAL 1m,
+   badged DEMO, with its own DB ``demo-data/demo.db`` (started afresh each time, never
+   the real ``DB_PATH``).
+3. ``bollmin.py dashboard`` on DASHBOARD_HOST:DASHBOARD_PORT with the demo login.
+
+``--speed N`` replays at N× real time (default 30: a 1m candle every 2 s). Ctrl-C (SIGINT)
+or SIGTERM stops every child within 5 s. Strategy settings (BOLL_*, TRADE_AMOUNT_USDT,
+LEVERAGE, dashboard port) may come from ``--config``; the exchange, credentials, mode and
+paths are always the demo's own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from config import ConfigError, load_config
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATA = os.path.join(HERE, "marketdata", "btcusdt_um_1m_2025-05.csv.gz")
+DEMO_KEY, DEMO_SECRET = "demo-api-key", "demo-api-secret"
+DEMO_USER, DEMO_PASSWORD = "demo", "demo"
+DEFAULT_SPEED = 30.0
+
+
+def _free_port(preferred: int, host: str = "127.0.0.1") -> int:
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise OSError("no free TCP port")
+
+
+def _wait_port_file(path: str, proc: subprocess.Popen, timeout: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the simulated exchange exited with code {proc.returncode}")
+        try:
+            with open(path) as fh:
+                text = fh.read().strip()
+            if text:
+                return int(text)
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    raise RuntimeError("the simulated exchange did not start in time")
+
+
+def write_demo_config(path: str, base, exchange_port: int, dashboard_port: int, workdir: str) -> None:
+    values = {
+        "SYMBOL": "BTCUSDT", "INTERVAL": "1m", "BOLL_PERIOD": base.BOLL_PERIOD, "BOLL_K": base.BOLL_K,
+        "BOLL_DDOF": base.BOLL_DDOF, "HISTORY_KLINES": max(base.HISTORY_KLINES, base.BOLL_PERIOD),
+        "TRADE_AMOUNT_USDT": base.TRADE_AMOUNT_USDT, "LEVERAGE": base.LEVERAGE,
+        "PAPER_TRADING": False, "TESTNET": False,
+        "API_KEY": DEMO_KEY, "API_SECRET": DEMO_SECRET,
+        "REST_BASE_URL": f"http://127.0.0.1:{exchange_port}", "WS_BASE_URL": f"ws://127.0.0.1:{exchange_port}",
+        "WS_STALL_SECONDS": 15.0,
+        "DB_PATH": os.path.join(workdir, "demo.db"), "LOG_FILE": os.path.join(workdir, "demo.log"),
+        "AUTO_RESTART": False, "DASHBOARD_HOST": "127.0.0.1", "DASHBOARD_PORT": dashboard_port,
+        "DASHBOARD_PASSWORD": DEMO_PASSWORD,
+    }
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("# Written by 'bollmin.py demo' for the offline demo. Not a real account.\n")
+        for k, v in values.items():
+            fh.write(f"{k} = {v!r}\n")
+
+
+def main(config_path: str | None, speed: float | None, workdir: str | None = None) -> int:
+    try:
+        base = load_config(config_path)
+    except ConfigError as err:
+        sys.stderr.write(f"bollmin: {err}\n")
+        return 2
+    speed = DEFAULT_SPEED if speed is None else speed
+    if speed <= 0 or speed > 100000:
+        sys.stderr.write("bollmin: --speed must be between 0 and 100000 (times real time)\n")
+        return 2
+    workdir = workdir or os.environ.get("BOLLMIN_DEMO_DIR") or os.path.join(HERE, "demo-data")
+    shutil.rmtree(workdir, ignore_errors=True)  # the demo replays from the start: start its DB afresh
+    os.makedirs(workdir, exist_ok=True)
+    port_file = os.path.join(workdir, "exchange.port")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("BINANCE_API_KEY", "BINANCE_API_SECRET", "BOLLMIN_DASHBOARD_PASSWORD", "BOLLMIN_CONFIG")}
+    children: list[subprocess.Popen] = []
+    stop = {"requested": False}
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        stop["requested"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    py = sys.executable
+    try:
+        children.append(subprocess.Popen(
+            [py, os.path.join(HERE, "simexchange.py"), "--klines", DATA, "--port", "0", "--port-file", port_file,
+             "--speed", str(speed), "--history", "120", "--api-key", DEMO_KEY, "--api-secret", DEMO_SECRET],
+            env=env, stdout=subprocess.DEVNULL))
+        exchange_port = _wait_port_file(port_file, children[0])
+        dash_port = _free_port(base.DASHBOARD_PORT)
+        cfg_path = os.path.join(workdir, "demo_config.py")
+        write_demo_config(cfg_path, base, exchange_port, dash_port, workdir)
+        bot_env = dict(env, BOLLMIN_MODE_LABEL="DEMO")
+        children.append(subprocess.Popen([py, os.path.join(HERE, "bollmin.py"), "run", "--config", cfg_path],
+                                         env=bot_env, stderr=subprocess.DEVNULL))
+        children.append(subprocess.Popen([py, os.path.join(HERE, "bollmin.py"), "dashboard", "--config", cfg_path],
+                                         env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
+        print("bollmin 演示 (demo) 已启动 — 离线回放真实 BTCUSDT 行情 (offline replay of real BTCUSDT data)")
+        print(f"  仪表盘 (dashboard):  http://127.0.0.1:{dash_port}/")
+        print(f"  登录 (login):        用户名 user {DEMO_USER} / 密码 password {DEMO_PASSWORD}")
+        print(f"  数据库 (DB):         {os.path.join(workdir, 'demo.db')}")
+        print(f"  模拟交易所 (simulated exchange): http://127.0.0.1:{exchange_port}  速度 speed {speed:g}x")
+        print("  按 Ctrl-C 停止 (press Ctrl-C to stop)", flush=True)
+        while not stop["requested"]:
+            for p in children:
+                if p.poll() is not None:
+                    sys.stderr.write(f"bollmin: demo process {p.args[1]} exited with code {p.returncode}; "
+                                     f"stopping the demo\n")
+                    stop["requested"] = True
+                    break
+            time.sleep(0.2)
+    except (OSError, RuntimeError) as exc:
+        sys.stderr.write(f"bollmin: demo could not start: {exc}\n")
+        _stop(children)
+        return 1
+    _stop(children)
+    print("演示已停止 (demo stopped)")
+    return 0
+
+
+def _stop(children: list[subprocess.Popen], budget_s: float = 4.0) -> None:
+    """SIGTERM every child, then SIGKILL what is still alive when the budget runs out."""
+    for p in reversed(children):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + budget_s
+    for p in children:
+        try:
+            p.wait(timeout=max(deadline - time.monotonic(), 0.05))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

@@ -1,0 +1,233 @@
+"""Market data over WebSocket: connect, parse, filter, reconnect (SPEC §3).
+
+One combined connection on Binance's routed ``/market`` path carries the kline stream (candle
+closes, ``k.x``) and aggTrade (ticks). Ticks come from aggTrade only — the kline's live close
+is not a second source of ticks — so the live tick sequence is the exchange's trade tape,
+the same sequence a replay feeds the backtest.
+
+Reconnects use capped exponential backoff with full jitter; the backoff resets after a
+connection that delivered data. A connection silent for ``WS_STALL_SECONDS`` is dead; one
+older than ``WS_MAX_AGE_HOURS`` is replaced before Binance's 24 h cut. After every connect,
+``on_connected`` runs *before* any message is read, so the caller can backfill candles
+missed while down before trading resumes (messages wait in the socket meanwhile).
+
+Malformed, unknown, duplicate, out-of-order and absurd messages are dropped with a
+rate-limited log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import websockets
+
+log = logging.getLogger("bollmin.feed")
+
+
+@dataclass(frozen=True)
+class KlineClose:
+    open_time_ms: int
+    close_time_ms: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+
+
+class RateLimitedLog:
+    """Log a category at most once per ``every_s``, counting what was suppressed."""
+
+    def __init__(self, logger: logging.Logger, every_s: float = 10.0) -> None:
+        self.logger, self.every_s = logger, every_s
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, category: str, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last.get(category, -1e9) >= self.every_s:
+            extra = self._suppressed.pop(category, 0)
+            suffix = f" ({extra} more like it suppressed)" if extra else ""
+            self.logger.warning("%s%s", message, suffix)
+            self._last[category] = now
+        else:
+            self._suppressed[category] = self._suppressed.get(category, 0) + 1
+
+
+def stream_url(base: str, symbol: str, interval: str) -> str:
+    """The routed combined-stream URL (Binance requires ``/market`` since 2026-04-23)."""
+    s = symbol.lower()
+    return f"{base.rstrip('/')}/market/stream?streams={s}@kline_{interval}/{s}@aggTrade"
+
+
+def backoff_delay(attempt: int, base_s: float = 0.5, cap_s: float = 30.0) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base·2^attempt)]."""
+    return random.uniform(0, min(cap_s, base_s * (2 ** min(attempt, 16))))
+
+
+class Feed:
+    """The market connection. ``run()`` until ``stop()``; callbacks receive clean data only."""
+
+    def __init__(self, url: str, symbol: str, interval: str, *,
+                 on_trade: Callable[[int, float], None],
+                 on_kline_closed: Callable[[KlineClose], None],
+                 on_connected: Callable[[], Awaitable[None]],
+                 on_state: Callable[[str], None],
+                 stall_s: float = 30.0, max_age_s: float = 23 * 3600.0, max_jump_pct: float = 20.0,
+                 reference_price: float | None = None) -> None:
+        self.url, self.symbol, self.interval = url, symbol.upper(), interval
+        self.on_trade, self.on_kline_closed = on_trade, on_kline_closed
+        self.on_connected, self.on_state = on_connected, on_state
+        self.stall_s, self.max_age_s = stall_s, max_age_s
+        self.max_jump = max_jump_pct / 100.0
+        self.last_price = reference_price
+        self.last_trade_id = -1
+        self.last_trade_ms = -1
+        self.last_kline_close_ms = -1
+        self.last_message_wall = 0.0       # time.time() of the last message (any stream)
+        self.messages = 0
+        self.dropped = 0
+        self.reconnects = 0
+        self._jumps = 0  # consecutive trades dropped as jumps
+        self._stopping = asyncio.Event()
+        self._ws = None
+        self._drops = RateLimitedLog(log)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        ws = self._ws
+        if ws is not None:
+            asyncio.ensure_future(ws.close())
+
+    async def run(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            self.on_state("connecting" if self.reconnects == 0 else "reconnecting")
+            delivered = False
+            try:
+                async with websockets.connect(self.url, open_timeout=10, close_timeout=2, ping_interval=20,
+                                              ping_timeout=20, max_size=2 ** 20) as ws:
+                    self._ws = ws
+                    await self.on_connected()
+                    self.on_state("connected")
+                    log.info("market stream connected: %s", self.url)
+                    delivered = await self._read(ws)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure of one connection: log, back off, reconnect
+                log.warning("market stream error: %s: %s", type(exc).__name__, exc)
+            finally:
+                self._ws = None
+            if self._stopping.is_set():
+                break
+            self.reconnects += 1
+            attempt = 0 if delivered else attempt + 1
+            delay = backoff_delay(attempt)
+            self.on_state("reconnecting")
+            log.info("reconnecting to the market stream in %.1fs", delay)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+        self.on_state("disconnected")
+
+    async def _read(self, ws) -> bool:
+        """Read until the connection dies, stalls or ages out; True if it delivered messages."""
+        opened = time.monotonic()
+        delivered = False
+        while not self._stopping.is_set():
+            remaining_age = self.max_age_s - (time.monotonic() - opened)
+            if remaining_age <= 0:
+                log.info("market stream is %.1f h old: reconnecting before the exchange's 24 h cut",
+                         self.max_age_s / 3600)
+                await ws.close()
+                return delivered
+            try:
+                raw = await asyncio.wait_for(ws.recv(), timeout=min(self.stall_s, remaining_age))
+            except TimeoutError:
+                if time.monotonic() - opened >= self.max_age_s:
+                    continue
+                log.warning("market stream silent for %.0fs: treating the connection as dead", self.stall_s)
+                self.on_state("stalled")
+                await ws.close()
+                return delivered
+            except websockets.ConnectionClosed as exc:
+                log.warning("market stream closed by the server (code %s %s)", exc.code if hasattr(exc, "code")
+                            else "?", getattr(exc, "reason", "") or "")
+                return delivered
+            delivered = True
+            self.last_message_wall = time.time()
+            self.messages += 1
+            self.handle(raw)
+        return delivered
+
+    # ---- parsing (synchronous, O(1) per message) ---------------------------------------------
+    def handle(self, raw: str | bytes) -> None:
+        """Parse one message and pass clean data on; drop anything else with a log line."""
+        try:
+            msg = json.loads(raw)
+            data = msg.get("data", msg) if isinstance(msg, dict) else None
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            event = data.get("e")
+            if event == "aggTrade":
+                self._trade(data)
+            elif event == "kline":
+                self._kline(data)
+            elif "result" in data and "id" in data:
+                pass  # a reply to a subscribe request
+            else:
+                self._drop("unknown", f"unknown market message type {str(event)[:40]!r}")
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            self._drop("malformed", f"malformed market message dropped ({type(exc).__name__}: {str(exc)[:80]})")
+
+    def _drop(self, category: str, message: str) -> None:
+        self.dropped += 1
+        self._drops.warning(category, message)
+
+    def _trade(self, d: dict) -> None:
+        if d.get("s") != self.symbol:
+            return self._drop("symbol", f"trade for another symbol {str(d.get('s'))[:20]!r} dropped")
+        trade_id = int(d["a"])
+        t = int(d["T"])
+        price = float(d["p"])
+        if not math.isfinite(price) or price <= 0:
+            return self._drop("price", f"absurd trade price {d['p']!r} dropped")
+        if trade_id <= self.last_trade_id:
+            return self._drop("dup", f"duplicate or out-of-order trade {trade_id} dropped")
+        if t < self.last_trade_ms:
+            return self._drop("order", f"trade {trade_id} older than the previous one dropped")
+        last = self.last_price
+        if last is not None and abs(price - last) > self.max_jump * last:
+            # One wild print is dropped; a market that really moved keeps printing there.
+            self._jumps += 1
+            if self._jumps < 5:
+                return self._drop("jump", f"trade price {price} jumps more than {self.max_jump:.0%} from {last}: "
+                                          f"dropped")
+            log.warning("5 trades in a row at %s, far from %s: accepting the new price level", price, last)
+        self._jumps = 0
+        self.last_trade_id, self.last_trade_ms, self.last_price = trade_id, t, price
+        self.on_trade(t, price)
+
+    def _kline(self, d: dict) -> None:
+        k = d["k"]
+        if k.get("s", d.get("s")) != self.symbol or k.get("i") != self.interval:
+            return self._drop("kline", "kline of another symbol or interval dropped")
+        if not k.get("x"):
+            return None  # live updates: ticks come from aggTrade
+        c = KlineClose(int(k["t"]), int(k["T"]), float(k["o"]), float(k["h"]), float(k["l"]), float(k["c"]),
+                       float(k.get("v", 0) or 0))
+        prices = (c.open, c.high, c.low, c.close)
+        if not all(math.isfinite(p) and p > 0 for p in prices) or c.high < c.low:
+            return self._drop("kline_price", f"closed kline {c.open_time_ms} with impossible prices dropped")
+        if c.open_time_ms <= self.last_kline_close_ms:
+            return self._drop("kline_dup", f"duplicate closed kline {c.open_time_ms} dropped")
+        self.last_kline_close_ms = c.open_time_ms
+        self.on_kline_closed(c)
