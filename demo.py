@@ -107,7 +107,8 @@ def main(config_path: str | None, speed: float | None, workdir: str | None = Non
     try:
         children.append(subprocess.Popen(
             [py, os.path.join(HERE, "simexchange.py"), "--klines", DATA, "--port", "0", "--port-file", port_file,
-             "--speed", str(speed), "--history", "120", "--api-key", DEMO_KEY, "--api-secret", DEMO_SECRET],
+             "--speed", str(speed), "--history", "120", "--api-key", DEMO_KEY, "--api-secret", DEMO_SECRET,
+             "--log-level", "warning"],
             env=env, stdout=subprocess.DEVNULL))
         exchange_port = _wait_port_file(port_file, children[0])
         dash_port = _free_port(base.DASHBOARD_PORT)
