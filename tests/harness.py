@@ -1,0 +1,146 @@
+"""Helpers for tests that run the real bot process against the simulated exchange."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA_1M = os.path.join(ROOT, "marketdata", "btcusdt_um_1m_2025-05.csv.gz")
+DATA_15M = os.path.join(ROOT, "marketdata", "btcusdt_um_15m_2023.csv.gz")
+API_KEY, API_SECRET = "test-api-key-7f3a", "test-api-secret-9c1e55"
+
+
+def ctl(base_url: str, name: str, body: dict | None = None, method: str | None = None) -> Any:
+    """Call the simulated exchange's control API (``/_sim/<name>``)."""
+    data = None if body is None else json.dumps(body).encode()
+    method = method or ("GET" if body is None else "POST")
+    req = urllib.request.Request(f"{base_url}/_sim/{name}", data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll until ``predicate()`` is truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # the DB may not exist yet, etc.
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})"
+                                                                             if last_exc else ""))
+
+
+def write_config(path: str, **values: Any) -> str:
+    with open(path, "w", encoding="utf-8") as fh:
+        for k, v in values.items():
+            fh.write(f"{k} = {v!r}\n")
+    return path
+
+
+def query(db_path: str, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+def status(db_path: str) -> dict[str, str]:
+    return {r["key"]: r["value"] for r in query(db_path, "SELECT key, value FROM status")}
+
+
+class Bot:
+    """``python bollmin.py run`` as a subprocess with its own config file in ``workdir``."""
+
+    def __init__(self, workdir: str, base_url: str, ws_url: str, *, paper: bool = True, env: dict | None = None,
+                 **settings: Any) -> None:
+        self.workdir = workdir
+        self.db = os.path.join(workdir, "bot.db")
+        self.log = os.path.join(workdir, "bot.log")
+        values = {
+            "INTERVAL": "1m", "REST_BASE_URL": base_url, "WS_BASE_URL": ws_url, "DB_PATH": self.db,
+            "LOG_FILE": self.log, "AUTO_RESTART": False, "PAPER_TRADING": paper, "WS_STALL_SECONDS": 10.0,
+            "REST_TIMEOUT_SECONDS": 3.0,
+        }
+        if not paper:
+            values.update(API_KEY=API_KEY, API_SECRET=API_SECRET)
+        values.update(settings)
+        self.config = write_config(os.path.join(workdir, "config.py"), **values)
+        self.env = dict(os.environ, **(env or {}))
+        for secret in ("BINANCE_API_KEY", "BINANCE_API_SECRET", "BOLLMIN_CONFIG"):
+            self.env.pop(secret, None)
+        self.proc: subprocess.Popen | None = None
+        self.stderr_path = os.path.join(workdir, "stderr.txt")
+
+    def start(self, extra_env: dict | None = None) -> Bot:
+        env = dict(self.env, **(extra_env or {}))
+        self._stderr = open(self.stderr_path, "ab")  # noqa: SIM115 - closed in wait()
+        self.proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "bollmin.py"), "run", "--config",
+                                      self.config], cwd=self.workdir, env=env, stdout=subprocess.DEVNULL,
+                                     stderr=self._stderr)
+        return self
+
+    def status(self) -> dict[str, str]:
+        return status(self.db)
+
+    def wait_status(self, predicate: Callable[[dict[str, str]], Any], timeout: float, what: str) -> dict[str, str]:
+        def check() -> Any:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"bot exited with {self.proc.returncode} while waiting for {what}:\n"
+                                     + self.stderr_tail())
+            st = self.status()
+            return st if predicate(st) else None
+
+        return wait_for(check, timeout, what)
+
+    def wait_connected(self, timeout: float = 60) -> dict[str, str]:
+        return self.wait_status(lambda s: s.get("connection") == "connected", timeout, "the bot to connect")
+
+    def stop(self, timeout: float = 15) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.wait(10)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._stderr.close()
+
+    def stderr_tail(self, lines: int = 30) -> str:
+        try:
+            with open(self.stderr_path, encoding="utf-8", errors="replace") as fh:
+                return "".join(fh.readlines()[-lines:])
+        except OSError:
+            return ""
+
+    def orders(self) -> list[sqlite3.Row]:
+        return query(self.db, "SELECT * FROM orders ORDER BY id")
+
+    def fills_per_order(self) -> dict[str, int]:
+        rows = query(self.db, "SELECT o.client_order_id AS cid, count(f.id) AS n FROM orders o "
+                              "LEFT JOIN fills f ON f.order_id = o.id GROUP BY o.id")
+        return {r["cid"]: r["n"] for r in rows}
