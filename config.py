@@ -131,7 +131,7 @@ SETTINGS: tuple[Setting, ...] = (
             _between(1, 120)),
     # --- market data ------------------------------------------------------------------------
     Setting("WS_STALL_SECONDS", 30.0, "a stream silent this long is dead and gets reconnected", _between(2, 600)),
-    Setting("WS_MAX_AGE_HOURS", 23.0, "reconnect proactively before Binance's 24 h cut", _between(0.01, 23.9)),
+    Setting("WS_MAX_AGE_HOURS", 23.0, "reconnect proactively before Binance's 24 h cut", _between(0.001, 23.9)),
     Setting("MAX_PRICE_JUMP_PCT", 20.0, "drop a tick further than this from the last one (%)", _between(0.1, 100)),
     # --- storage, logging, process ---------------------------------------------------------
     Setting("DB_PATH", "data/bollmin.db", "SQLite file of candles, orders, transitions, events and status", _nonempty),
@@ -198,24 +198,25 @@ class Config:
 
 def _typed(name: str, value: Any) -> Any:
     default = _BY_NAME[name].default
+    shown = _shown(name, value)  # never echo a secret, even a mistyped one
     kind = type(default)
     if kind is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{name} = {value!r}: must be True or False")
+            raise ConfigError(f"{name} = {shown}: must be True or False")
         return value
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name} = {value!r}: must be a whole number (default {default!r})")
+            raise ConfigError(f"{name} = {shown}: must be a whole number (default {default!r})")
         return value
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{name} = {value!r}: must be a number (default {default!r})")
+            raise ConfigError(f"{name} = {shown}: must be a number (default {default!r})")
         value = float(value)
         if value != value or value in (float("inf"), float("-inf")):
-            raise ConfigError(f"{name} = {value!r}: must be a finite number")
+            raise ConfigError(f"{name} = {shown}: must be a finite number")
         return value
     if not isinstance(value, str):
-        raise ConfigError(f"{name} = {value!r}: must be a text string in quotes (default {default!r})")
+        raise ConfigError(f"{name} = {shown}: must be a text string in quotes (default {default!r})")
     return value
 
 

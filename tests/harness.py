@@ -21,8 +21,8 @@ API_KEY, API_SECRET = "test-api-key-7f3a", "test-api-secret-9c1e55"
 
 def ctl(base_url: str, name: str, body: dict | None = None, method: str | None = None) -> Any:
     """Call the simulated exchange's control API (``/_sim/<name>``)."""
-    data = None if body is None else json.dumps(body).encode()
-    method = method or ("GET" if body is None else "POST")
+    method = method or ("GET" if name in ("state", "requests", "orders") else "POST")
+    data = None if method == "GET" else json.dumps(body or {}).encode()
     req = urllib.request.Request(f"{base_url}/_sim/{name}", data=data, method=method,
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as resp:

@@ -1,0 +1,359 @@
+"""End to end: the real ``python bollmin.py run`` process against the simulated exchange."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from harness import API_KEY, API_SECRET, DATA_1M, ROOT, Bot, ctl, query, wait_for
+
+from simexchange import SimExchangeThread
+from state import POSITION, Action, State
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def sim():
+    with SimExchangeThread(DATA_1M, paused=True, history_candles=60, api_key=API_KEY, api_secret=API_SECRET,
+                           target_interval="1m", speed=600) as s:
+        yield s
+
+
+def bot_for(sim, tmp_path, **kw) -> Bot:
+    return Bot(str(tmp_path), sim.base_url, sim.ws_url, **kw)
+
+
+def filled_orders(bot: Bot) -> int:
+    return len(query(bot.db, "SELECT id FROM orders WHERE status = 'filled'"))
+
+
+def settled(bot: Bot) -> bool:
+    """No order intent is waiting for an outcome."""
+    return not query(bot.db, "SELECT id FROM orders WHERE status IN ('pending','sent','unknown')")
+
+
+def quiesce(sim, bot: Bot) -> None:
+    ctl(sim.base_url, "pause")
+    time.sleep(0.5)
+    wait_for(lambda: settled(bot), 30, "open intents to settle")
+
+
+def candle_gaps(bot: Bot) -> list[int]:
+    times = [r[0] for r in query(bot.db, "SELECT open_time_ms FROM candles ORDER BY open_time_ms")]
+    return [b for a, b in zip(times, times[1:], strict=False) if b - a != 60_000]
+
+
+def test_paper_mode_records_paper_fills_and_sends_no_order(sim, tmp_path):
+    bot = bot_for(sim, tmp_path).start()
+    try:
+        bot.wait_connected()
+        ctl(sim.base_url, "resume")
+        wait_for(lambda: filled_orders(bot) >= 4, 90, "4 paper fills")
+        ctl(sim.base_url, "pause")
+    finally:
+        assert bot.stop() == 0
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bollmin.py"), "trades", "--json", "--config",
+                          bot.config], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(rows) >= 4
+    for r in rows:
+        assert r["paper"] is True
+        assert {"time_ms", "action", "price", "qty", "fee_usdt", "paper", "client_order_id"} <= set(r)
+        assert r["fee_usdt"] == pytest.approx(r["price"] * r["qty"] * 0.0005)
+    assert [r["time_ms"] for r in rows] == sorted(r["time_ms"] for r in rows)
+    posts = [r for r in ctl(sim.base_url, "requests") if r["path"] == "/fapi/v1/order"]
+    assert posts == [], "paper trading must never send an order"
+    assert ctl(sim.base_url, "state")["position"]["amt"] in ("0", "0.000")
+
+
+def test_live_mode_orders_arrive_with_side_reduce_only_and_quantity(sim, tmp_path):
+    bot = bot_for(sim, tmp_path, paper=False).start()
+    try:
+        bot.wait_connected()
+        ctl(sim.base_url, "resume")
+        wait_for(lambda: filled_orders(bot) >= 6, 90, "6 live fills")
+        quiesce(sim, bot)
+    finally:
+        assert bot.stop() == 0
+    exchange = {}
+    for o in ctl(sim.base_url, "orders"):
+        exchange.setdefault(o["clientOrderId"], []).append(o)
+    rows = bot.orders()
+    assert rows and all(r["paper"] == 0 for r in rows)
+    for r in rows:
+        [o] = exchange[r["client_order_id"]]  # exactly one order per intent
+        action = Action(r["action"])
+        assert o["side"] == action.side
+        assert o["reduceOnly"] is action.closes
+        assert float(o["origQty"]) == pytest.approx(r["qty"])
+        assert r["status"] == "filled" and float(o["executedQty"]) == pytest.approx(r["filled_qty"])
+    assert set(exchange) == {r["client_order_id"] for r in rows}, "every exchange order is one the bot recorded"
+    assert all(n == 1 for n in bot.fills_per_order().values())
+    st = bot.status()
+    amt = float(ctl(sim.base_url, "state")["position"]["amt"])
+    assert float(st["position_qty"]) == pytest.approx(amt)
+    assert POSITION[State(st["state"])] == (0 if amt == 0 else (1 if amt > 0 else -1))
+
+
+def test_parity_run_and_backtest_make_the_same_transitions_on_two_days_of_1m(tmp_path):
+    """The same real ticks through `run` (paper) and `backtest`: same transitions at the same ticks."""
+    rows = []
+    with gzip.open(DATA_1M, "rt") as fh:
+        reader = csv.reader(fh)
+        header = next(reader)
+        for i, row in enumerate(reader):
+            if i >= 19 + 2 * 1440:
+                break
+            rows.append(row)
+    slice_path = tmp_path / "two_days.csv"
+    with open(slice_path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    with SimExchangeThread(str(slice_path), paused=True, history_candles=19, target_interval="1m", speed=0) as sim:
+        bot = Bot(str(tmp_path), sim.base_url, sim.ws_url, HISTORY_KLINES=19).start()
+        try:
+            bot.wait_connected()
+            ctl(sim.base_url, "resume")
+            wait_for(lambda: ctl(sim.base_url, "state")["finished"], 180, "the replay to finish")
+            last_tick = int(rows[-1][0]) + 59_999
+            bot.wait_status(lambda s: s.get("price_time_ms") == str(last_tick), 120, "the bot to see the last tick")
+        finally:
+            assert bot.stop() == 0
+    bt_db = tmp_path / "backtest.db"
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bollmin.py"), "backtest", "--klines", str(slice_path),
+                          "--db", str(bt_db), "--config", bot.config], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    sql = "SELECT time_ms, from_state, to_state, price FROM transitions WHERE cause IN ('tick','backtest') ORDER BY id"
+    live = [tuple(r) for r in query(bot.db, sql)]
+    back = [tuple(r) for r in query(str(bt_db), sql)]
+    assert len(back) > 100
+    assert live == back
+    live_orders = [tuple(r) for r in query(bot.db, "SELECT time_ms, action, reason, fill_price FROM orders ORDER BY id")]
+    back_orders = [tuple(r) for r in query(str(bt_db), "SELECT time_ms, action, reason, fill_price FROM orders "
+                                                       "ORDER BY id")]
+    assert live_orders == back_orders
+
+
+def test_ws_drop_stall_and_server_cut_reconnect_and_backfill(sim, tmp_path):
+    bot = bot_for(sim, tmp_path, WS_STALL_SECONDS=3.0).start()
+    try:
+        bot.wait_connected()
+        ctl(sim.base_url, "resume")
+        ctl(sim.base_url, "speed", {"speed": 120})
+        bot.wait_status(lambda s: int(s.get("messages") or 0) > 20, 30, "messages")
+        ctl(sim.base_url, "drop")
+        bot.wait_status(lambda s: int(s.get("reconnects") or 0) >= 1 and s.get("connection") == "connected", 60,
+                        "a reconnect after the drop")
+        ctl(sim.base_url, "stall", {"on": True})
+        bot.wait_status(lambda s: int(s.get("reconnects") or 0) >= 2, 60, "the stall to be detected")
+        time.sleep(2)  # candles pass while the stream is silent
+        ctl(sim.base_url, "stall", {"on": False})
+        bot.wait_status(lambda s: s.get("connection") == "connected", 60, "a reconnect after the stall")
+        before = int(bot.status()["reconnects"])
+        ctl(sim.base_url, "max_conn_age", {"seconds": 2})
+        bot.wait_status(lambda s: int(s.get("reconnects") or 0) > before, 60, "a reconnect after the server cut")
+        ctl(sim.base_url, "max_conn_age", {"seconds": None})
+        bot.wait_status(lambda s: s.get("connection") == "connected", 60, "connected again")
+        time.sleep(1)
+        ctl(sim.base_url, "pause")
+    finally:
+        assert bot.stop() == 0
+    assert candle_gaps(bot) == [], "candles missed while disconnected must be backfilled"
+    log = open(bot.log, encoding="utf-8").read()
+    assert "silent for 3s" in log
+    assert "closed by the server" in log
+
+
+def test_proactive_reconnect_before_the_24h_cut(sim, tmp_path):
+    bot = bot_for(sim, tmp_path, WS_MAX_AGE_HOURS=0.001).start()  # 3.6 s stands in for 23 h
+    try:
+        bot.wait_connected()
+        ctl(sim.base_url, "resume")
+        bot.wait_status(lambda s: int(s.get("reconnects") or 0) >= 1, 60, "a proactive reconnect")
+    finally:
+        assert bot.stop() == 0
+    assert "before the exchange's 24 h cut" in open(bot.log, encoding="utf-8").read()
+
+
+def test_rest_faults_during_orders_never_duplicate(sim, tmp_path):
+    bot = bot_for(sim, tmp_path, paper=False).start()
+    try:
+        bot.wait_connected()
+        ctl(sim.base_url, "fail_orders", {"count": 2, "mode": "after", "status": 503})
+        ctl(sim.base_url, "resume")
+        wait_for(lambda: filled_orders(bot) >= 4, 90, "4 live fills")
+        quiesce(sim, bot)
+    finally:
+        assert bot.stop() == 0
+    ids = [o["clientOrderId"] for o in ctl(sim.base_url, "orders")]
+    assert len(ids) == len(set(ids)), "no client order id may execute twice"
+    assert all(n == 1 for n in bot.fills_per_order().values())
+    assert "outcome unknown" in open(bot.log, encoding="utf-8").read()
+
+
+def test_restart_in_the_middle_of_a_candle_resumes_state_and_backfills(sim, tmp_path):
+    bot = bot_for(sim, tmp_path).start()
+    try:
+        bot.wait_connected()
+        ctl(sim.base_url, "resume")
+        bot.wait_status(lambda s: s.get("state") not in (None, "FLAT") and float(s.get("position_qty") or 0) != 0,
+                        90, "an open position")
+        ctl(sim.base_url, "pause")
+        sim_state = ctl(sim.base_url, "state")
+        if sim_state["tick_in_candle"] in (0, 3):
+            ctl(sim.base_url, "step", {"ticks": 2})
+        time.sleep(1.5)
+    finally:
+        assert bot.stop() == 0
+    before = bot.status()
+    ctl(sim.base_url, "step", {"ticks": 4 * 5})  # five candles pass while the bot is down
+    bot.start()
+    try:
+        bot.wait_connected()
+        after = bot.status()
+        assert after["state"] == before["state"]
+        assert float(after["position_qty"]) == pytest.approx(float(before["position_qty"]))
+        ctl(sim.base_url, "resume")
+        time.sleep(2)
+        ctl(sim.base_url, "pause")
+    finally:
+        assert bot.stop() == 0
+    assert candle_gaps(bot) == []
+    assert "loaded" in open(bot.log, encoding="utf-8").read()
+
+
+def test_sigterm_exits_zero_within_ten_seconds(sim, tmp_path):
+    bot = bot_for(sim, tmp_path, paper=False).start()
+    bot.wait_connected()
+    ctl(sim.base_url, "resume")
+    time.sleep(1)
+    started = time.monotonic()
+    assert bot.stop(timeout=10) == 0
+    assert time.monotonic() - started < 10
+    assert bot.status()["connection"] == "stopped"
+
+
+def test_startup_reconciles_with_the_exchange_position(sim, tmp_path):
+    ctl(sim.base_url, "set_position", {"amt": "0.005", "entry_price": "95000.0"})
+    bot = bot_for(sim, tmp_path, paper=False).start()
+    try:
+        st = bot.wait_status(lambda s: s.get("state") == "LONG", 60, "the exchange's long to be adopted")
+        assert float(st["position_qty"]) == pytest.approx(0.005)
+        assert float(st["entry_price"]) == pytest.approx(95000.0)
+    finally:
+        assert bot.stop() == 0
+    events = [r["message"] for r in query(bot.db, "SELECT message FROM events")]
+    assert any("RECONCILE" in m and "adopting LONG" in m for m in events)
+    [tr] = query(bot.db, "SELECT * FROM transitions WHERE cause = 'reconcile'")
+    assert (tr["from_state"], tr["to_state"]) == ("FLAT", "LONG")
+
+
+def test_exchange_flat_means_flat_here(sim, tmp_path):
+    bot = bot_for(sim, tmp_path, paper=False).start()
+    try:
+        bot.wait_connected()
+        ctl(sim.base_url, "resume")
+        bot.wait_status(lambda s: float(s.get("position_qty") or 0) != 0, 90, "a position")
+        quiesce(sim, bot)
+    finally:
+        assert bot.stop() == 0
+    ctl(sim.base_url, "set_position", {"amt": "0"})  # someone closed it by hand on the exchange
+    bot.start()
+    try:
+        st = bot.wait_status(lambda s: s.get("state") == "FLAT" and float(s.get("position_qty") or 0) == 0, 60,
+                             "FLAT after the exchange went flat")
+        assert st["state"] == "FLAT"
+    finally:
+        assert bot.stop() == 0
+
+
+def test_hedge_mode_account_exits_3_with_a_clear_message(sim, tmp_path):
+    ctl(sim.base_url, "hedge_mode", {"on": True})
+    bot = bot_for(sim, tmp_path, paper=False).start()
+    assert bot.wait(60) == 3
+    assert "hedge mode" in bot.stderr_tail()
+    assert "Traceback" not in bot.stderr_tail()
+
+
+def test_config_error_exits_2_and_is_never_restarted(tmp_path):
+    cfg = tmp_path / "bad.py"
+    cfg.write_text("AUTO_RESTART = True\nBOLL_PERIOD = 'twenty'\n")
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bollmin.py"), "run", "--config", str(cfg)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "BOLL_PERIOD" in out.stderr
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("point", ["after_intent", "after_send", "after_reply"])
+def test_kill_9_at_any_point_of_an_order_gives_exactly_one_fill(sim, tmp_path, point):
+    bot = bot_for(sim, tmp_path, paper=False)
+    bot.start(extra_env={"BOLLMIN_FAULT": point})
+    bot.wait_connected()
+    ctl(sim.base_url, "resume")
+    assert bot.wait(90) == -9, "the fault point must have killed the bot"
+    ctl(sim.base_url, "pause")
+    [pending] = query(bot.db, "SELECT * FROM orders WHERE status IN ('pending','unknown')")
+    on_exchange = [o for o in ctl(sim.base_url, "orders") if o["clientOrderId"] == pending["client_order_id"]]
+    assert len(on_exchange) == (0 if point == "after_intent" else 1)
+    bot.start()
+    try:
+        wait_for(lambda: settled(bot), 60, "the unfinished intent to be resolved")
+        bot.wait_connected()
+        ctl(sim.base_url, "resume")
+        wait_for(lambda: filled_orders(bot) >= 3, 90, "trading to go on")
+        quiesce(sim, bot)
+    finally:
+        assert bot.stop() == 0
+    ids = [o["clientOrderId"] for o in ctl(sim.base_url, "orders")]
+    assert len(ids) == len(set(ids))
+    assert ids.count(pending["client_order_id"]) == 1
+    assert bot.fills_per_order() and all(n == 1 for n in bot.fills_per_order().values())
+    st = bot.status()
+    amt = float(ctl(sim.base_url, "state")["position"]["amt"])
+    assert float(st["position_qty"]) == pytest.approx(amt)
+    assert POSITION[State(st["state"])] == (0 if amt == 0 else (1 if amt > 0 else -1))
+
+
+def test_auto_restart_supervisor_restarts_after_a_crash(sim, tmp_path):
+    bot = bot_for(sim, tmp_path, paper=False, AUTO_RESTART=True)
+    bot.start(extra_env={"BOLLMIN_FAULT": "after_send"})
+    try:
+        bot.wait_connected()
+        ctl(sim.base_url, "resume")
+        # The child kills itself at the first order; the supervisor restarts it (with the same
+        # environment, so it dies again at its next order) — at least two children must have run.
+        wait_for(lambda: open(bot.log, encoding="utf-8").read().count("AUTO_RESTART: restarting") >= 1, 60,
+                 "the supervisor to restart the bot")
+        ctl(sim.base_url, "pause")
+    finally:
+        assert bot.stop() == 0
+    ids = [o["clientOrderId"] for o in ctl(sim.base_url, "orders")]
+    assert len(ids) == len(set(ids))
+
+
+def test_secrets_never_in_logs_db_or_output(sim, tmp_path):
+    bot = bot_for(sim, tmp_path, paper=False, LOG_LEVEL="DEBUG").start()
+    try:
+        bot.wait_connected()
+        ctl(sim.base_url, "resume")
+        wait_for(lambda: filled_orders(bot) >= 2, 90, "2 live fills")
+        quiesce(sim, bot)
+    finally:
+        assert bot.stop() == 0
+    blobs = [open(bot.log, encoding="utf-8").read(), bot.stderr_tail(10_000)]
+    blobs += [json.dumps([tuple(r) for r in query(bot.db, f"SELECT * FROM {t}")])
+              for t in ("orders", "events", "status", "transitions", "fills")]
+    for blob in blobs:
+        assert API_SECRET not in blob
+        assert API_KEY not in blob
