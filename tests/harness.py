@@ -137,6 +137,10 @@ class Bot:
         except OSError:
             return ""
 
+    def log_text(self) -> str:
+        with open(self.log, encoding="utf-8") as fh:
+            return fh.read()
+
     def orders(self) -> list[sqlite3.Row]:
         return query(self.db, "SELECT * FROM orders ORDER BY id")
 

@@ -137,9 +137,9 @@ def test_parity_run_and_backtest_make_the_same_transitions_on_two_days_of_1m(tmp
     back = [tuple(r) for r in query(str(bt_db), sql)]
     assert len(back) > 100
     assert live == back
-    live_orders = [tuple(r) for r in query(bot.db, "SELECT time_ms, action, reason, fill_price FROM orders ORDER BY id")]
-    back_orders = [tuple(r) for r in query(str(bt_db), "SELECT time_ms, action, reason, fill_price FROM orders "
-                                                       "ORDER BY id")]
+    orders_sql = "SELECT time_ms, action, reason, fill_price FROM orders ORDER BY id"
+    live_orders = [tuple(r) for r in query(bot.db, orders_sql)]
+    back_orders = [tuple(r) for r in query(str(bt_db), orders_sql)]
     assert live_orders == back_orders
 
 
@@ -168,7 +168,7 @@ def test_ws_drop_stall_and_server_cut_reconnect_and_backfill(sim, tmp_path):
     finally:
         assert bot.stop() == 0
     assert candle_gaps(bot) == [], "candles missed while disconnected must be backfilled"
-    log = open(bot.log, encoding="utf-8").read()
+    log = bot.log_text()
     assert "silent for 3s" in log
     assert "closed by the server" in log
 
@@ -181,7 +181,7 @@ def test_proactive_reconnect_before_the_24h_cut(sim, tmp_path):
         bot.wait_status(lambda s: int(s.get("reconnects") or 0) >= 1, 60, "a proactive reconnect")
     finally:
         assert bot.stop() == 0
-    assert "before the exchange's 24 h cut" in open(bot.log, encoding="utf-8").read()
+    assert "before the exchange's 24 h cut" in bot.log_text()
 
 
 def test_rest_faults_during_orders_never_duplicate(sim, tmp_path):
@@ -197,7 +197,7 @@ def test_rest_faults_during_orders_never_duplicate(sim, tmp_path):
     ids = [o["clientOrderId"] for o in ctl(sim.base_url, "orders")]
     assert len(ids) == len(set(ids)), "no client order id may execute twice"
     assert all(n == 1 for n in bot.fills_per_order().values())
-    assert "outcome unknown" in open(bot.log, encoding="utf-8").read()
+    assert "outcome unknown" in bot.log_text()
 
 
 def test_restart_in_the_middle_of_a_candle_resumes_state_and_backfills(sim, tmp_path):
@@ -228,7 +228,7 @@ def test_restart_in_the_middle_of_a_candle_resumes_state_and_backfills(sim, tmp_
     finally:
         assert bot.stop() == 0
     assert candle_gaps(bot) == []
-    assert "loaded" in open(bot.log, encoding="utf-8").read()
+    assert "loaded" in bot.log_text()
 
 
 def test_sigterm_exits_zero_within_ten_seconds(sim, tmp_path):
@@ -333,7 +333,7 @@ def test_auto_restart_supervisor_restarts_after_a_crash(sim, tmp_path):
         ctl(sim.base_url, "resume")
         # The child kills itself at the first order; the supervisor restarts it (with the same
         # environment, so it dies again at its next order) — at least two children must have run.
-        wait_for(lambda: open(bot.log, encoding="utf-8").read().count("AUTO_RESTART: restarting") >= 1, 60,
+        wait_for(lambda: bot.log_text().count("AUTO_RESTART: restarting") >= 1, 60,
                  "the supervisor to restart the bot")
         ctl(sim.base_url, "pause")
     finally:
@@ -351,7 +351,7 @@ def test_secrets_never_in_logs_db_or_output(sim, tmp_path):
         quiesce(sim, bot)
     finally:
         assert bot.stop() == 0
-    blobs = [open(bot.log, encoding="utf-8").read(), bot.stderr_tail(10_000)]
+    blobs = [bot.log_text(), bot.stderr_tail(10_000)]
     blobs += [json.dumps([tuple(r) for r in query(bot.db, f"SELECT * FROM {t}")])
               for t in ("orders", "events", "status", "transitions", "fills")]
     for blob in blobs:
