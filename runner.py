@@ -68,6 +68,13 @@ class SecretFilter(logging.Filter):
         return True
 
 
+class OneLineFormatter(logging.Formatter):
+    """One line per event: a traceback is folded onto the line (`` | `` between its lines)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).replace("\n", " | ")
+
+
 class EventsHandler(logging.Handler):
     """Copies INFO+ log lines of the bot into the ``events`` table (through the writer)."""
 
@@ -79,8 +86,10 @@ class EventsHandler(logging.Handler):
         if record.name == "bollmin.store":
             return  # the writer reporting on itself must not queue more writes
         try:
-            self.writer.post(db.Store.add_event, record.levelname, record.getMessage()[:1000],
-                             int(record.created * 1000))
+            message = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                message += f" ({type(record.exc_info[1]).__name__}: {record.exc_info[1]})"
+            self.writer.post(db.Store.add_event, record.levelname, message[:1000], int(record.created * 1000))
         except Exception:
             self.handleError(record)
 
@@ -90,7 +99,7 @@ def setup_logging(cfg: Config) -> None:
     for h in list(root.handlers):
         root.removeHandler(h)
     root.setLevel(cfg.LOG_LEVEL)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    fmt = OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     secret_filter = SecretFilter([cfg.API_KEY, cfg.API_SECRET, cfg.DASHBOARD_PASSWORD])
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     try:

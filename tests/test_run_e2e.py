@@ -357,3 +357,57 @@ def test_secrets_never_in_logs_db_or_output(sim, tmp_path):
     for blob in blobs:
         assert API_SECRET not in blob
         assert API_KEY not in blob
+
+
+def test_repeated_rejected_entries_pause_new_entries_with_a_reason(sim, tmp_path):
+    bot = bot_for(sim, tmp_path, paper=False, MAX_ORDER_REJECTS=2)
+    bot.start()
+    try:
+        bot.wait_connected()
+        ctl(sim.base_url, "reject_orders", {"count": 1000, "code": -2019, "msg": "Margin is insufficient."})
+        ctl(sim.base_url, "resume")
+        st = bot.wait_status(lambda s: s.get("entries_paused") == "1", 90, "entries to be paused")
+        assert "rejected" in st["pause_reason"] and "-2019" in st["pause_reason"]
+        posts_at_pause = len([r for r in ctl(sim.base_url, "requests") if r["path"] == "/fapi/v1/order"])
+        time.sleep(3)  # the market goes on crossing the bands
+        ctl(sim.base_url, "pause")
+        posts_later = len([r for r in ctl(sim.base_url, "requests") if r["path"] == "/fapi/v1/order"])
+        assert posts_later == posts_at_pause, "no new entry may be sent while entries are paused"
+        assert bot.status()["state"] == "FLAT" or float(bot.status()["position_qty"]) == 0
+    finally:
+        assert bot.stop() == 0
+    rows = bot.orders()
+    assert [r["status"] for r in rows] == ["rejected", "rejected"]
+    assert any(r["cause"] == "paused" for r in query(bot.db, "SELECT cause FROM transitions"))
+    # The flag survives a restart.
+    bot.start()
+    try:
+        st = bot.wait_connected()
+        assert st["entries_paused"] == "1"
+    finally:
+        assert bot.stop() == 0
+
+
+def test_a_failed_close_never_sends_the_open_of_a_reversal(sim, tmp_path):
+    bot = bot_for(sim, tmp_path, paper=False)
+    bot.start()
+    try:
+        bot.wait_connected()
+        ctl(sim.base_url, "resume")
+        bot.wait_status(lambda s: float(s.get("position_qty") or 0) != 0, 90, "a position")
+        ctl(sim.base_url, "reject_orders", {"count": 1000, "code": -2019, "msg": "Margin is insufficient."})
+        wait_for(lambda: query(bot.db, "SELECT id FROM orders WHERE status = 'rejected' AND reduce_only = 1"), 90,
+                 "a rejected close")
+        quiesce(sim, bot)
+    finally:
+        assert bot.stop() == 0
+    rows = bot.orders()
+    failed_closes = {r["transition_id"] for r in rows if r["reduce_only"] and r["status"] == "rejected"}
+    opens_after = [r for r in rows if not r["reduce_only"] and r["transition_id"] in failed_closes]
+    assert failed_closes and opens_after == []
+    posts = [r for r in ctl(sim.base_url, "requests") if r["path"] == "/fapi/v1/order" and r["method"] == "POST"]
+    assert len(posts) == len(rows), "every order sent is an intent recorded first, and each is sent once"
+    st = bot.status()
+    amt = float(ctl(sim.base_url, "state")["position"]["amt"])
+    assert POSITION[State(st["state"])] == (0 if amt == 0 else (1 if amt > 0 else -1))
+    assert float(st["position_qty"]) == pytest.approx(amt)
