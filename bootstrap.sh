@@ -47,7 +47,7 @@ apt_install() {
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   pkgs=(python3-venv ca-certificates)
   if [ "$what" = test ]; then
-    pkgs+=(chromium systemd-container debootstrap shellcheck sqlite3)
+    pkgs+=(chromium fonts-wqy-microhei systemd-container debootstrap shellcheck sqlite3)
   fi
   apt_install "${pkgs[@]}"
 fi
