@@ -5,9 +5,10 @@ The window is the closes of the last ``period - 1`` closed candles plus the curr
 
 Numerics: the closed part of the window is kept as running sums of deviations from a
 reference price ``ref`` (sum and sum of squares of ``x - ref``). ``ref`` is re-anchored to
-the window mean, and both sums recomputed exactly, every ``period`` pushes, so rounding
-error cannot accumulate however long the bot runs (amortised O(1)), and the sums never
-square raw BTC prices (no catastrophic cancellation of Σx² − n·mean²).
+the window mean, and both sums recomputed exactly, every ``period`` pushes (and sooner when
+the mean has drifted far from ``ref`` next to the spread), so rounding error cannot
+accumulate however long the bot runs (amortised O(1)), and the sums never square raw BTC
+prices (no catastrophic cancellation of Σx² − n·mean²).
 """
 
 from __future__ import annotations
@@ -77,7 +78,11 @@ class LiveBoll:
         self._s1 += d
         self._s2 += d * d
         self._pushes += 1
-        if self._pushes >= self.period or len(closed) == 1:
+        n = len(closed)
+        # Re-anchor every ``period`` pushes, and at once when the window's mean has drifted so far
+        # from ``ref`` compared to its spread that s2 - s1²/n would cancel (a flat window after a
+        # move: sigma must come out 0, not sqrt(eps)·move).
+        if self._pushes >= self.period or n == 1 or self._s1 * self._s1 > 0.9 * n * self._s2:
             self._reanchor()
 
     def replace_last_closed(self, close: float) -> None:
