@@ -38,7 +38,7 @@ class Engine:
     """
 
     __slots__ = ("boll", "interval_ms", "state", "forming_open_ms", "last_price", "last_time_ms",
-                 "last_bands", "last_closed_open_ms", "hold", "_forming_has_ticks")
+                 "_last_values", "last_closed_open_ms", "hold", "_forming_has_ticks", "_forming_end_ms")
 
     def __init__(self, period: int, k: float, ddof: int, interval_ms: int, state: State = State.FLAT,
                  closes: Sequence[float] = (), last_closed_open_ms: int | None = None) -> None:
@@ -51,9 +51,10 @@ class Engine:
         )
         self.last_price: float | None = None
         self.last_time_ms: int | None = None
-        self.last_bands: Bands | None = None
+        self._last_values: tuple[float, float, float] | None = None
         self.hold = False
         self._forming_has_ticks = False
+        self._forming_end_ms = -1  # forming_open_ms + interval_ms once a trade opened it (fast path)
 
     @property
     def ready(self) -> bool:
@@ -65,30 +66,41 @@ class Engine:
 
     def on_trade(self, time_ms: int, price: float) -> Transition | None:
         """A tick: roll the candle if the trade belongs to a later one, then step the table."""
-        open_ms = time_ms - time_ms % self.interval_ms
-        forming = self.forming_open_ms
-        if forming is None:
-            self.forming_open_ms = open_ms
-        elif open_ms != forming:
-            if open_ms < forming:
-                return None  # a late trade of a candle already closed: ignore it
-            if self._forming_has_ticks and self.last_price is not None:
-                self._close(forming, self.last_price)
-            self.forming_open_ms = open_ms
-            self._forming_has_ticks = False
-        self._forming_has_ticks = True
+        in_forming = self._forming_has_ticks and self.forming_open_ms <= time_ms < self._forming_end_ms
+        if not in_forming and not self._enter_candle(time_ms):
+            return None  # a late trade of a candle already closed: ignore it
         self.last_price = price
         self.last_time_ms = time_ms
-        bands = self.boll.bands(price)
-        self.last_bands = bands
-        if bands is None or self.hold:
+        values = self.boll.values(price)
+        self._last_values = values
+        if values is None or self.hold:
             return None
         before = self.state
-        after, orders = step(before, price, bands.up, bands.dn)
+        after, orders = step(before, price, values[0], values[2])
         if after is before:
             return None
         self.state = after
-        return Transition(time_ms, before, after, price, bands, orders)
+        return Transition(time_ms, before, after, price, Bands._make(values), orders)
+
+    @property
+    def last_bands(self) -> Bands | None:
+        """UP/MID/DN at the last tick (None before the window is ready)."""
+        values = self._last_values
+        return None if values is None else Bands._make(values)
+
+    def _enter_candle(self, time_ms: int) -> bool:
+        """Slow path of the candle clock; False for a trade of a candle already closed."""
+        open_ms = time_ms - time_ms % self.interval_ms
+        forming = self.forming_open_ms
+        if forming is not None and open_ms != forming:
+            if open_ms < forming:
+                return False
+            if self._forming_has_ticks and self.last_price is not None:
+                self._close(forming, self.last_price)
+        self.forming_open_ms = open_ms
+        self._forming_end_ms = open_ms + self.interval_ms
+        self._forming_has_ticks = True
+        return True
 
     def on_candle_closed(self, open_ms: int, close: float) -> str:
         """The exchange says the candle opening at ``open_ms`` closed at ``close``.

@@ -101,6 +101,11 @@ class LiveBoll:
 
     def bands(self, price: float) -> Bands | None:
         """Bands of the window with ``price`` as the forming candle's close; None until ready."""
+        values = self.values(price)
+        return None if values is None else Bands._make(values)
+
+    def values(self, price: float) -> tuple[float, float, float] | None:
+        """``bands`` as a plain (up, mid, dn) tuple: the per-tick path, without building a Bands."""
         if len(self._closed) != self._need:
             return None
         d = price - self._ref
@@ -110,4 +115,4 @@ class LiveBoll:
         sd = math.sqrt(var) if var > 0.0 else 0.0
         mid = self._ref + mean_d
         width = self.k * sd
-        return Bands(mid + width, mid, mid - width)
+        return (mid + width, mid, mid - width)

@@ -9,6 +9,7 @@ documented overrides in the bot (reconciliation with the exchange, a rejected en
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from enum import StrEnum
 from typing import NamedTuple
@@ -145,11 +146,24 @@ TABLE: dict[State, tuple[Rule, ...]] = {
 }
 
 
+# The same table with each condition as a C-level comparison of (price, band): ``step`` runs
+# on every tick, and a lambda call costs several times an ``operator`` call.
+_BAND_OP: dict[str, tuple[bool, Callable[[float, float], bool]]] = {
+    "p > UP": (True, operator.gt),
+    "p < DN": (False, operator.lt),
+    "p <= UP": (True, operator.le),
+    "p >= DN": (False, operator.ge),
+}
+_COMPILED: dict[State, tuple[tuple[bool, Callable[[float, float], bool], State, tuple[Order, ...]], ...]] = {
+    state: tuple((*_BAND_OP[rule.when], rule.to, rule.orders) for rule in rules) for state, rules in TABLE.items()
+}
+
+
 def step(state: State, price: float, up: float, dn: float) -> tuple[State, tuple[Order, ...]]:
     """One tick of the strategy: (next state, orders). Unchanged state means no orders."""
-    for rule in TABLE[state]:
-        if CONDITIONS[rule.when](price, up, dn):
-            return rule.to, rule.orders
+    for use_up, compare, to, orders in _COMPILED[state]:
+        if compare(price, up if use_up else dn):
+            return to, orders
     return state, ()
 
 
