@@ -6,7 +6,9 @@ startup all use this module, so a candle means the same thing everywhere.
 A file of candles is either
   * a CSV whose header contains ``open_time_ms,open,high,low,close`` (other columns are
     ignored; ``volume`` is used when present), or
-  * a raw Binance kline CSV: 12 columns, no header (``open_time, o, h, l, c, v, close_time, ...``).
+  * a raw Binance kline CSV: 12 columns, no header (``open_time, o, h, l, c, v, close_time, ...``),
+    or with the header row ``open_time,open,high,low,close,volume,close_time,...,ignore`` that
+    Binance's downloadable files carry today.
 Either may be gzip-compressed (name ends in ``.gz``).
 """
 
@@ -136,6 +138,10 @@ def read_candles(path: str) -> list[Candle]:
         idx = [names.index(c) for c in ("open_time_ms", "open", "high", "low", "close")]
         vol = names.index("volume") if "volume" in names else None
         body: Iterable[tuple[int, list[str]]] = rows
+    elif len(header) == 12 and names[0] == "open_time":
+        # Binance's downloadable kline files (data.binance.vision) now start with this header row.
+        idx, vol = [0, 1, 2, 3, 4], 5
+        body = rows
     elif len(header) == 12:
         idx, vol = [0, 1, 2, 3, 4], 5
         body = _chain(first, rows)

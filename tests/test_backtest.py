@@ -598,3 +598,24 @@ def test_trades_on_a_missing_db_is_one_line(cfg, tmp_path):
     r = run_bollmin("trades", "--config", cfg, "--db", str(tmp_path / "none.db"))
     assert "none.db" in bad_one_line(r)
     assert not (tmp_path / "none.db").exists()
+
+
+def test_binance_download_with_its_header_row_equals_the_headerless_file(tmp_path):
+    """data.binance.vision kline files now start with a 12-name header row: same candles."""
+    import gzip as _gzip
+
+    from history import read_candles
+
+    with _gzip.open(os.path.join(ROOT, "marketdata", "btcusdt_um_15m_2023.csv.gz"), "rt") as fh:
+        lines = fh.read().splitlines()[1:301]
+    raw = []
+    for line in lines:
+        t, o, h, lo, c, v, ct = line.split(",")
+        raw.append(",".join([t, o, h, lo, c, v, ct, "0", "1", "0", "0", "0"]))
+    plain = tmp_path / "plain.csv"
+    plain.write_text("\n".join(raw) + "\n")
+    headed = tmp_path / "headed.csv"
+    headed.write_text("open_time,open,high,low,close,volume,close_time,quote_volume,count,taker_buy_volume,"
+                      "taker_buy_quote_volume,ignore\n" + "\n".join(raw) + "\n")
+    assert read_candles(str(headed)) == read_candles(str(plain))
+    assert len(read_candles(str(headed))) == 300
