@@ -1,0 +1,114 @@
+"""Run every benchmark and regenerate BENCHMARKS.md from their output.
+
+    .venv/bin/python bench/run_all.py            # all of them (about 10 minutes)
+    .venv/bin/python bench/run_all.py core run   # only some sections
+
+Each benchmark prints a markdown section on stdout; this script puts it between the section's
+markers (``<!-- NAME:begin -->`` … ``<!-- NAME:end -->``) in BENCHMARKS.md, keeping the other
+sections, and prints a one-line verdict per section. Exit code 1 when a benchmark failed to run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH_MD = os.path.join(ROOT, "BENCHMARKS.md")
+
+# name -> (script, title when the script prints none)
+BENCHES: dict[str, tuple[str, str]] = {
+    "core": ("bench/bench_core.py", "Core engine"),
+    "run": ("bench/bench_run.py", "The running bot"),
+    "dashboard": ("bench/bench_dashboard.py", "Dashboard"),
+}
+
+HEADER = """# Benchmarks
+
+Every figure below was measured, not estimated, on the machine named in its section.
+Regenerate the whole file with one command:
+
+    .venv/bin/python bench/run_all.py
+
+Timing targets live here, not in the test suite: timed tests flake on a shared 2-core machine.
+"""
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    system = f"{platform.system()} {platform.release()}"
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {system}"
+
+
+def run_one(name: str) -> tuple[bool, str]:
+    script, title = BENCHES[name]
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, script)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=1800)
+    took = time.monotonic() - started
+    body = proc.stdout.strip()
+    if not body.lstrip().startswith("## "):
+        body = f"## {title}\n\n{body}"
+    if "Machine" not in body:
+        body = body.replace("\n\n", f"\n\nMachine: {machine()}\n\n", 1)
+    body += f"\n\nCommand: `.venv/bin/python {script}` ({took:.0f} s, exit code {proc.returncode})"
+    if proc.returncode not in (0, 1):  # 1 = ran, but missed a target (printed in the table)
+        body += f"\n\n**The benchmark failed:**\n\n```\n{proc.stderr.strip()[-2000:]}\n```"
+    return proc.returncode in (0, 1), body
+
+
+def write(sections: dict[str, str]) -> None:
+    try:
+        with open(BENCH_MD, encoding="utf-8") as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        text = HEADER
+    text = re.sub(r"\A# Benchmarks\n.*?(?=<!-- |\Z)", HEADER + "\n", text, count=1, flags=re.S)
+    for name, body in sections.items():
+        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+        block = f"{begin}\n{body}\n{end}"
+        if begin in text and end in text:
+            head, rest = text.split(begin, 1)
+            text = head + block + rest.split(end, 1)[1]
+        else:
+            text = text.rstrip("\n") + "\n\n" + block + "\n"
+    with open(BENCH_MD, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def main(argv: list[str]) -> int:
+    names = argv or list(BENCHES)
+    unknown = [n for n in names if n not in BENCHES]
+    if unknown:
+        print(f"run_all: unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHES)}",
+              file=sys.stderr)
+        return 2
+    print(f"machine: {machine()}")
+    ok_all = True
+    sections = {}
+    for name in names:
+        print(f"running {name} ...", flush=True)
+        ok, body = run_one(name)
+        ok_all &= ok
+        sections[name] = body
+        misses = body.count("**NO**") + body.count("MISSED")
+        print(f"  {name}: {'ran' if ok else 'FAILED'}; targets missed: {misses}")
+    write(sections)
+    print(f"wrote {BENCH_MD}")
+    return 0 if ok_all else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
