@@ -137,6 +137,16 @@ class Exchange:
         self.client.REQUEST_RECVWINDOW = RECV_WINDOW_MS
         self.rules = SymbolRules()
         self.symbol = cfg.SYMBOL
+        self.taker_rate = 0.0005  # the account's taker commission rate, read at start
+
+    async def load_commission_rate(self) -> float:
+        """The account's taker rate (``/fapi/v1/commissionRate``); keeps the default on failure."""
+        try:
+            res = await self.client.futures_commission_rate(symbol=self.symbol)
+            self.taker_rate = float(res["takerCommissionRate"])
+        except Exception as exc:
+            log.warning("commission rate unavailable (%s): estimating fees at %s", classify(exc), self.taker_rate)
+        return self.taker_rate
 
     async def close(self) -> None:
         try:

@@ -96,6 +96,7 @@ class Feed:
         self.dropped = 0
         self.reconnects = 0
         self._jumps = 0  # consecutive trades dropped as jumps
+        self._last_mono = 0.0  # monotonic time of the last message on the current connection
         self._stopping = asyncio.Event()
         self._ws = None
         self._drops = RateLimitedLog(log)
@@ -139,34 +140,53 @@ class Feed:
         self.on_state("disconnected")
 
     async def _read(self, ws) -> bool:
-        """Read until the connection dies, stalls or ages out; True if it delivered messages."""
-        opened = time.monotonic()
+        """Read until the connection dies, stalls or ages out; True if it delivered messages.
+
+        A plain ``recv()`` loop: stalls and old age are caught by a watchdog task that closes
+        the socket (an ``asyncio.wait_for`` around every message would cost more than the
+        message's whole handling).
+        """
+        self._last_mono = time.monotonic()
+        why: list[str] = []
+        dog = asyncio.get_running_loop().create_task(self._watchdog(ws, why))
         delivered = False
-        while not self._stopping.is_set():
-            remaining_age = self.max_age_s - (time.monotonic() - opened)
-            if remaining_age <= 0:
+        try:
+            while not self._stopping.is_set():
+                try:
+                    raw = await ws.recv()
+                except websockets.ConnectionClosed as exc:
+                    if not why and not self._stopping.is_set():
+                        rcvd = getattr(exc, "rcvd", None)
+                        log.warning("market stream closed by the server (code %s %s)",
+                                    getattr(rcvd, "code", "?"), getattr(rcvd, "reason", "") or "")
+                    return delivered
+                delivered = True
+                self._last_mono = time.monotonic()
+                self.last_message_wall = time.time()
+                self.messages += 1
+                self.handle(raw)
+            return delivered
+        finally:
+            dog.cancel()
+
+    async def _watchdog(self, ws, why: list[str]) -> None:
+        """Close the connection when it goes silent or gets too old."""
+        opened = time.monotonic()
+        while True:
+            await asyncio.sleep(min(1.0, self.stall_s / 4))
+            now = time.monotonic()
+            if now - opened >= self.max_age_s:
+                why.append("age")
                 log.info("market stream is %.1f h old: reconnecting before the exchange's 24 h cut",
                          self.max_age_s / 3600)
-                await ws.close()
-                return delivered
-            try:
-                raw = await asyncio.wait_for(ws.recv(), timeout=min(self.stall_s, remaining_age))
-            except TimeoutError:
-                if time.monotonic() - opened >= self.max_age_s:
-                    continue
+            elif now - self._last_mono >= self.stall_s:
+                why.append("stall")
                 log.warning("market stream silent for %.0fs: treating the connection as dead", self.stall_s)
                 self.on_state("stalled")
-                await ws.close()
-                return delivered
-            except websockets.ConnectionClosed as exc:
-                log.warning("market stream closed by the server (code %s %s)", exc.code if hasattr(exc, "code")
-                            else "?", getattr(exc, "reason", "") or "")
-                return delivered
-            delivered = True
-            self.last_message_wall = time.time()
-            self.messages += 1
-            self.handle(raw)
-        return delivered
+            else:
+                continue
+            await ws.close()
+            return
 
     # ---- parsing (synchronous, O(1) per message) ---------------------------------------------
     def handle(self, raw: str | bytes) -> None:

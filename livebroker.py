@@ -37,7 +37,6 @@ log = logging.getLogger("bollmin.orders")
 
 INTENT_TTL_S = 60.0          # a committed, provably unsent intent older than this is not sent after a restart
 RESOLVE_MARGIN_MS = 1500     # extra wait past recvWindow before concluding "never executed"
-TAKER_FEE_ESTIMATE = 0.0005  # used only when the real commission cannot be read
 
 
 def fault(point: str) -> None:
@@ -76,6 +75,7 @@ class LegResult:
     fee_usdt: float = 0.0
     realized_pnl_usdt: float = 0.0
     error: ApiError | None = None
+    order_id: int | None = None  # the exchange's order id (filled legs)
 
 
 Submit = Callable[..., Awaitable[Any]]  # run a function on the DB writer and await its commit
@@ -201,21 +201,34 @@ class LiveBroker:
             return self.exchange.offset_ms
 
     async def _record_fill(self, intent: Intent, res: dict[str, Any]) -> LegResult:
+        # The fee is first estimated from the account's taker rate, so that the open of a
+        # reversal is not delayed by another request; ``settle_fees`` replaces it with the
+        # commission the exchange actually charged once the transition is done.
         qty = float(res.get("executedQty", 0) or 0)
         price = float(res.get("avgPrice", 0) or 0) or intent.tick_price
-        fee = None
         order_id = res.get("orderId")
-        if order_id is not None:
-            fee = await self.exchange.order_fee_usdt(int(order_id))
-        if fee is None:
-            fee = float(res.get("cumQuote", 0) or 0) * TAKER_FEE_ESTIMATE
+        fee = float(res.get("cumQuote", 0) or 0) * self.exchange.taker_rate
         pnl = self.ledger.apply(intent.action, price, qty, fee)
         from broker import ledger_status
 
         await self.submit(_record_fill, intent, res, price, qty, fee, pnl, ledger_status(self.ledger))
         self.event("INFO", f"{intent.action.value} {qty} {self.symbol} @ {price} ({intent.reason.value}) "
                            f"filled, order {order_id}, fee {fee:.4f} USDT")
-        return LegResult(intent, "filled", price, qty, fee, pnl)
+        return LegResult(intent, "filled", price, qty, fee, pnl, order_id=order_id)
+
+    async def settle_fees(self, legs: list[LegResult]) -> None:
+        """Replace estimated fees with the commission the exchange charged (userTrades)."""
+        from broker import ledger_status
+
+        for leg in legs:
+            if leg.order_id is None:
+                continue
+            actual = await self.exchange.order_fee_usdt(int(leg.order_id))
+            if actual is None or abs(actual - leg.fee_usdt) < 1e-9:
+                continue
+            self.ledger.fees_usdt += actual - leg.fee_usdt
+            leg.fee_usdt = actual
+            await self.submit(_settle_fee, leg.intent.client_order_id, actual, ledger_status(self.ledger))
 
     async def _record_failure(self, intent: Intent, status: str, err: ApiError) -> LegResult:
         await self.submit(_mark, intent.client_order_id, status=status, error_code=err.code,
@@ -229,6 +242,13 @@ class LiveBroker:
 
 def _mark(store, cid: str, **fields: Any) -> None:
     store.update_order(cid, **fields)
+
+
+def _settle_fee(store, cid: str, fee: float, ledger_values: dict[str, Any]) -> None:
+    store.update_order(cid, fee_usdt=fee)
+    store.conn.execute("UPDATE fills SET fee_usdt = ? WHERE order_id = "
+                       "(SELECT id FROM orders WHERE client_order_id = ?)", (fee, cid))
+    store.set_status(ledger_values)
 
 
 def _record_fill(store, intent: Intent, res: dict[str, Any], price: float, qty: float, fee: float, pnl: float,

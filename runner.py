@@ -277,8 +277,6 @@ class Bot:
 
     # ---- orders ----------------------------------------------------------------------------------
     def _on_transition(self, tr: Transition) -> None:
-        b = tr.bands
-        log.info("%s -> %s at %s (UP %.2f MID %.2f DN %.2f)", tr.from_state, tr.to_state, tr.price, b.up, b.mid, b.dn)
         orders = tr.orders
         if self.paused and any(not o.action.closes for o in orders):
             orders = tuple(o for o in orders if o.action.closes)
@@ -293,6 +291,8 @@ class Bot:
         else:
             self.engine.hold = True
             self.inflight = asyncio.get_running_loop().create_task(self._live(tr, orders))
+        b = tr.bands  # logged after the order is on its way: the log line must not delay it
+        log.info("%s -> %s at %s (UP %.2f MID %.2f DN %.2f)", tr.from_state, tr.to_state, tr.price, b.up, b.mid, b.dn)
         if skipped:
             self._override(State.FLAT, "paused", f"entry skipped: new entries are paused ({self.pause_reason})")
 
@@ -353,6 +353,9 @@ class Bot:
                         self._pause(f"{self.rejects} entries in a row rejected by the exchange; last: {leg.error}")
             elif any(not r.intent.action.closes for r in results):
                 self.rejects = 0
+            filled = [r for r in results if r.status == "filled"]
+            if filled:
+                asyncio.get_running_loop().create_task(self._settle_fees(filled))
         except Exception:
             log.exception("error while executing %s -> %s", tr.from_state, tr.to_state)
             try:
@@ -362,6 +365,12 @@ class Bot:
         finally:
             self.engine.hold = False
             self.inflight = None
+
+    async def _settle_fees(self, legs: list) -> None:
+        try:
+            await self.live.settle_fees(legs)
+        except Exception:
+            log.exception("reading the actual commission of the last orders failed")
 
     async def reconcile(self, why: str) -> None:
         """Compare the stored state with the exchange position; the exchange is the truth."""
@@ -489,6 +498,7 @@ class Bot:
                 await self.exchange.sync_time()
                 await self.exchange.load_rules()
                 await self.exchange.check_account()
+                await self.exchange.load_commission_rate()
                 from livebroker import LiveBroker
 
                 self.live = LiveBroker(self.exchange, self.commit, self.ledger, db_id=self.db_id,

@@ -135,6 +135,7 @@ def _setup(conn: sqlite3.Connection, readonly: bool) -> sqlite3.Connection:
     if not readonly:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable at checkpoints, never corrupt
+        conn.execute("PRAGMA cache_size = -512")  # 512 KiB: the bot's memory stays flat as the file grows
     return conn
 
 
