@@ -39,11 +39,15 @@ def test_readme_first_command_runs_the_demo_with_a_trade_within_120_s():
         pytest.skip(message)
     with Container.boot(ROOT) as box:
         box.run("apt-get", "purge", "-y", "-q", "python3-venv", "python3.11-venv", timeout=180)
-        box.sh(f"cd {PROJECT_IN_CONTAINER} && (setsid ./bootstrap.sh demo --speed 60 > /tmp/demo.out 2>&1 &)")
-        out = box.path("/tmp/demo.out")
+        # Not /tmp: the booted container mounts its own tmpfs there, invisible from the host.
+        box.sh(f"cd {PROJECT_IN_CONTAINER} && (setsid ./bootstrap.sh demo --speed 60 > /root/demo.out 2>&1 &)")
+        out = box.path("/root/demo.out")
         deadline = time.monotonic() + 900  # apt-get + pip install on a fresh machine, then the demo
         url = None
+        begun = time.monotonic()
         while time.monotonic() < deadline and url is None:
+            if not out.exists() and time.monotonic() - begun > 30:
+                pytest.fail("bootstrap.sh did not start (no output file)")
             text = out.read_text(errors="replace") if out.exists() else ""
             match = re.search(r"(http://127\.0\.0\.1:\d+)/\s", text)
             url = match.group(1) if match else None
@@ -68,7 +72,7 @@ def test_readme_first_command_runs_the_demo_with_a_trade_within_120_s():
         box.sh("pkill -INT -f 'bollmin.py demo'", check=False)
         stop_deadline = time.monotonic() + 10
         while time.monotonic() < stop_deadline:
-            left = box.sh("pgrep -f 'bollmin.py|simexchange.py|dashboard' || true").stdout.strip()
+            left = box.sh("pgrep -f '[b]ollmin.py|[s]imexchange.py|[d]ashboard' || true").stdout.strip()
             if not left:
                 break
             time.sleep(0.5)
