@@ -176,6 +176,13 @@ class Bot:
         """Run ``fn(store, ...)`` on the writer and wait until it is committed."""
         return await asyncio.wrap_future(self.writer.submit(fn, *args, **kwargs))
 
+    async def pause_unless_stopping(self, seconds: float) -> None:
+        """Sleep ``seconds``, waking at once when a stop is requested."""
+        try:
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+
     def _set_connection(self, state: str) -> None:
         self.connection = state
 
@@ -429,10 +436,7 @@ class Bot:
                     last_dog = time.monotonic()
             except Exception:
                 log.exception("heartbeat failed")
-            try:
-                await asyncio.wait_for(self.stopping.wait(), timeout=1.0)
-            except TimeoutError:
-                pass
+            await self.pause_unless_stopping(1.0)
 
     def status_values(self) -> dict[str, Any]:
         e, led = self.engine, self.ledger
@@ -471,10 +475,7 @@ class Bot:
                     await self.commit(db.Store.finish_command, cmd["id"], ok, result)
             except Exception:
                 log.exception("reading dashboard commands failed")
-            try:
-                await asyncio.wait_for(self.stopping.wait(), timeout=1.0)
-            except TimeoutError:
-                pass
+            await self.pause_unless_stopping(1.0)
 
     # ---- lifecycle -------------------------------------------------------------------------------
     async def setup_exchange(self) -> None:
@@ -512,10 +513,7 @@ class Bot:
                 raise
             except Exception as exc:
                 log.warning("exchange setup failed (%s); retrying in %.0fs", classify(exc), delay)
-                try:
-                    await asyncio.wait_for(self.stopping.wait(), timeout=delay)
-                except TimeoutError:
-                    pass
+                await self.pause_unless_stopping(delay)
                 delay = min(delay * 2, 60.0)
 
     async def resolve_intents(self) -> None:
