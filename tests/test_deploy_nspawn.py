@@ -411,8 +411,11 @@ def _lifecycle(box):
         res = box.sh(f"cd /tmp && {command}")
         assert not res.stderr.strip(), (command, res.stderr)
         assert res.stdout.strip() or "FROM commands" in command, command  # nobody used the buttons yet
-    res = deploy(box, "logs")
-    assert "bollmin[" in res.stdout and "paper open_" in res.stdout
+    res = deploy(box, "logs")  # the last 100 lines: the bot's own lines since the last restart
+    assert "bollmin[" in res.stdout and "bollmin PAPER mode" in res.stdout
+    # Extra arguments go to journalctl: the whole journal holds the paper entries of step 5.
+    res = deploy(box, "logs", "-n", "100000")
+    assert "paper open_" in res.stdout
     no_secrets(res.stdout, API_KEY, API_SECRET, DASH_PASSWORD)
 
     step("stop")
