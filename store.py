@@ -403,6 +403,13 @@ def add_command(path: str, command: str) -> int:
 # ---- the writer thread -----------------------------------------------------------------------
 
 _STOP = object()
+_BATCH_MAX = 1000  # queued writes committed together at most
+
+
+def _transient(exc: BaseException) -> bool:
+    """A locked, busy or full database: worth retrying, the write itself is fine."""
+    return isinstance(exc, sqlite3.OperationalError) and any(
+        word in str(exc) for word in ("locked", "busy", "full", "disk I/O"))
 
 
 class Writer:
@@ -410,8 +417,10 @@ class Writer:
 
     ``submit(fn, ...)`` returns a Future (await it with ``asyncio.wrap_future`` when the write
     must be committed before going on, e.g. an order intent); ``post`` is fire-and-forget.
-    Each call runs in its own transaction. A locked or full DB is retried with backoff, so
-    writes wait in the queue instead of being lost, and the event loop is never blocked.
+    Each call runs in a savepoint of its own; the calls queued at the moment are committed
+    together (a burst costs one commit, so the queue cannot pile up). A locked or full DB is
+    retried with backoff, so writes wait instead of being lost, and the event loop is never
+    blocked.
     """
 
     def __init__(self, path: str, on_error: Callable[[str], None] | None = None) -> None:
@@ -445,38 +454,71 @@ class Writer:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            fn, args, kwargs, fut = item
-            if fut is not None and not fut.set_running_or_notify_cancel():
-                continue
-            delay = 0.05
-            while True:
+            batch = [self._queue.get()]
+            while len(batch) < _BATCH_MAX:  # a burst of writes goes in one transaction
                 try:
-                    with self.store.transaction():
-                        result = fn(self.store, *args, **kwargs)
-                except (sqlite3.OperationalError, sqlite3.DatabaseError) as exc:
-                    transient = isinstance(exc, sqlite3.OperationalError) and any(
-                        word in str(exc) for word in ("locked", "busy", "full", "disk I/O")
-                    )
-                    if not transient:
-                        self._report(f"database write failed ({fn.__name__}): {exc}")
-                        if fut is not None:
-                            fut.set_exception(exc)
-                        break
-                    self._report(f"database busy or full ({exc}); retrying {fn.__name__} in {delay:.1f}s")
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = _STOP in batch
+            if stop:
+                batch = batch[:batch.index(_STOP)]
+            live = [item for item in batch if item[3] is None or item[3].set_running_or_notify_cancel()]
+            if live:
+                self._run_batch(live)
+            if stop:
+                return
+
+    def _run_batch(self, batch: list[tuple[Any, ...]]) -> None:
+        """Run queued calls in one transaction, each in a savepoint of its own.
+
+        A call that raises is rolled back alone (its future gets the error); a locked, busy or
+        full DB rolls the whole batch back and retries it with backoff, so nothing is lost.
+        Futures resolve only after COMMIT: "committed" means on disk.
+        """
+        conn = self.store.conn
+        delay = 0.05
+        while True:
+            results: list[tuple[bool, Any]] = []
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for fn, args, kwargs, _fut in batch:
+                    conn.execute("SAVEPOINT one_write")
+                    try:
+                        value = fn(self.store, *args, **kwargs)
+                    except Exception as exc:  # a bug or bad data in one write must not lose the others
+                        if _transient(exc):
+                            raise  # locked/busy/full: the whole batch is retried below
+                        conn.execute("ROLLBACK TO one_write")
+                        conn.execute("RELEASE one_write")
+                        self._report(f"database write {getattr(fn, '__name__', fn)} failed: "
+                                     f"{type(exc).__name__}: {exc}")
+                        results.append((False, exc))
+                        continue
+                    conn.execute("RELEASE one_write")
+                    results.append((True, value))
+                conn.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if _transient(exc):
+                    self._report(f"database busy or full ({exc}); retrying {len(batch)} write(s) in {delay:.1f}s")
                     time.sleep(delay)
                     delay = min(delay * 2, 5.0)
                     continue
-                except Exception as exc:  # a bug in a write function must not kill the writer
-                    self._report(f"database write {fn.__name__} failed: {type(exc).__name__}: {exc}")
+                self._report(f"database write failed: {exc}")
+                for *_rest, fut in batch:
                     if fut is not None:
                         fut.set_exception(exc)
-                    break
-                if fut is not None:
-                    fut.set_result(result)
-                break
+                return
+            for (*_rest, fut), (ok, value) in zip(batch, results, strict=True):
+                if fut is None:
+                    continue
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+            return
 
     def _report(self, message: str) -> None:
         log.error(message)

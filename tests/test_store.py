@@ -354,3 +354,27 @@ def test_readme_status_query(backtest_db):
     assert status["state"] == summary["final_state"] and status["mode"] == "BACKTEST"
     assert float(status["band_dn"]) < float(status["band_mid"]) < float(status["band_up"])
     assert float(status["position_qty"]) == pytest.approx(summary["open_position_qty"])  # signed: < 0 short
+
+
+def test_writer_batch_a_failing_write_loses_nothing_else(tmp_path):
+    """Writes queued together commit together, but one that raises is rolled back alone."""
+    import time as _time
+
+    path = str(tmp_path / "batch.db")
+    writer = store.Writer(path)
+    try:
+        writer.post(lambda s: _time.sleep(0.3))  # holds the writer so the next ones queue up as one batch
+        good1 = writer.submit(store.Store.add_event, "INFO", "first")
+        bad = writer.submit(lambda s: s.conn.execute("INSERT INTO no_such_table VALUES (1)"))
+        good2 = writer.submit(store.Store.add_event, "INFO", "second")
+        good1.result(10)
+        good2.result(10)
+        with pytest.raises(sqlite3.OperationalError):
+            bad.result(10)
+    finally:
+        assert writer.close()
+    conn = store.connect_readonly(path)
+    try:
+        assert [r[0] for r in conn.execute("SELECT message FROM events ORDER BY id")] == ["first", "second"]
+    finally:
+        conn.close()
