@@ -163,7 +163,7 @@ def render(results: dict) -> str:
         "## Core engine",
         "",
         f"Machine: {r['machine']}  ",
-        f"Command: `python bench/bench_core.py --write` ({r['date']})",
+        f"Command: `{r['command']}` ({r['date']})",
         "",
         "| measure | result | target | met |",
         "|---|---:|---:|:---:|",
@@ -225,6 +225,7 @@ def main() -> int:
         "machine": machine(), "date": time.strftime("%Y-%m-%d", time.gmtime()), "ticks": len(ticks),
         "repeat": args.repeat, "engine_us": engine_us, "pandas_us": pandas_us, "frame_us": frame_us, "json_us": json_us,
         "msg_bytes": len(message.encode()), "backtest_s": backtest_s,
+        "command": " ".join(["python bench/bench_core.py", *sys.argv[1:]]),
         "backtest_median_s": statistics.median(backtest_s),
     }
     section = render(results)

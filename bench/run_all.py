@@ -1,11 +1,13 @@
 """Run every benchmark and regenerate BENCHMARKS.md from their output.
 
-    .venv/bin/python bench/run_all.py            # all of them (about 10 minutes)
+    .venv/bin/python bench/run_all.py            # all of them (about 8 minutes on a quiet machine)
     .venv/bin/python bench/run_all.py core run   # only some sections
 
 Each benchmark prints a markdown section on stdout; this script puts it between the section's
 markers (``<!-- NAME:begin -->`` … ``<!-- NAME:end -->``) in BENCHMARKS.md, keeping the other
-sections, and prints a one-line verdict per section. Exit code 1 when a benchmark failed to run.
+sections, and prints a one-line verdict per section. Each section names its machine and command
+(with the run time, exit code and load average added here). Exit code 1 when a benchmark failed
+to run; a missed target is not a failure: it is marked **NO** in the section's table.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ def machine() -> str:
 
 def run_one(name: str) -> tuple[bool, str]:
     script, title = BENCHES[name]
+    load = os.getloadavg()[0]
     started = time.monotonic()
     proc = subprocess.run([sys.executable, os.path.join(ROOT, script)], cwd=ROOT, capture_output=True, text=True,
                           timeout=1800)
@@ -61,9 +64,17 @@ def run_one(name: str) -> tuple[bool, str]:
     body = proc.stdout.strip()
     if not body.lstrip().startswith("## "):
         body = f"## {title}\n\n{body}"
-    if "Machine" not in body:
-        body = body.replace("\n\n", f"\n\nMachine: {machine()}\n\n", 1)
-    body += f"\n\nCommand: `.venv/bin/python {script}` ({took:.0f} s, exit code {proc.returncode})"
+    if "Machine:" not in body:
+        body = body.replace("\n\n", f"\n\nMachine: {machine()}  \n", 1)
+    ran = f"run by `bench/run_all.py` in {took:.0f} s, exit code {proc.returncode}, load average {load:.2f} at start"
+    lines = body.split("\n")
+    at = next((i for i, line in enumerate(lines) if line.startswith("Command:")), None)
+    if at is None:  # no command line of its own: add one under the machine line
+        at = next((i for i, line in enumerate(lines) if line.startswith("Machine:")), 0)
+        lines.insert(at + 1, f"Command: `python {script}` ({ran})")
+    else:
+        lines[at] = f"{lines[at].rstrip()}; {ran}"
+    body = "\n".join(lines)
     if proc.returncode not in (0, 1):  # 1 = ran, but missed a target (printed in the table)
         body += f"\n\n**The benchmark failed:**\n\n```\n{proc.stderr.strip()[-2000:]}\n```"
     return proc.returncode in (0, 1), body
