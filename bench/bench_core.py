@@ -23,12 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 import timeit
+
+import common  # bench/common.py: machine line and BENCHMARKS.md sections
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -135,21 +136,7 @@ def bench_backtest(runs: int) -> list[float]:
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        cpu = platform.processor() or cpu
-    try:
-        load = f"load average {os.getloadavg()[0]:.2f} at start"  # other work on the machine skews figures
-    except OSError:
-        load = "load average unknown"
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()} "
-            f"({platform.python_implementation()}), {platform.system()} {platform.release()}; {load}")
+    return common.machine(with_load=True)
 
 
 def _ok(good: bool) -> str:
@@ -188,23 +175,8 @@ def render(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(section: str, path: str = BENCH_MD) -> None:
-    """Replace the text between the core markers (creating the file or the markers if missing)."""
-    block = f"{BEGIN}\n{section}{END}\n"
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    else:
-        text = ("# Benchmarks\n\nFigures measured on the machine named in each section; regenerate each with "
-                "the command given there.\n\n")
-    if BEGIN in text and END in text and text.index(BEGIN) < text.index(END):
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        text = head + block + (("\n" + tail) if tail else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(text)
+def write_section(section: str) -> None:
+    common.replace_section("core", section)
 
 
 def main() -> int:

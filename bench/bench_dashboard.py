@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
-import platform
 import re
 import shutil
 import socket
@@ -23,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import common  # bench/common.py: machine line and BENCHMARKS.md sections
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -108,18 +109,7 @@ def pct(values: list[float], p: float) -> float:
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        cpu = platform.processor() or cpu
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()} "
-            f"({platform.python_implementation()}), {platform.system()} {platform.release()}; "
-            f"load average {os.getloadavg()[0]:.2f} at start")
+    return common.machine(with_load=True)
 
 
 def _ok(good: bool) -> str:

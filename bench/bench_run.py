@@ -75,7 +75,6 @@ import bisect
 import json
 import math
 import os
-import platform
 import random
 import signal
 import sqlite3
@@ -84,6 +83,8 @@ import sys
 import tempfile
 import time
 from typing import Any
+
+import common  # bench/common.py: machine line and BENCHMARKS.md sections
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -128,17 +129,7 @@ CONTROL_PATHS = ("/healthz",)   # the control run's only route: Flask and JSON, 
 # ---- helpers ------------------------------------------------------------------------------------
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        cpu = platform.processor() or cpu
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()} "
-            f"({platform.python_implementation()}), {platform.system()} {platform.release()}")
+    return common.machine()
 
 
 def pct(sorted_values: list[float], p: float) -> float:
@@ -1273,23 +1264,8 @@ def suggestions(r: dict[str, Any]) -> list[str]:
     return items
 
 
-def write_section(section: str, path: str = BENCH_MD) -> None:
-    """Replace the text between the run markers (appending the markers at the end if missing)."""
-    block = f"{BEGIN}\n{section}{END}\n"
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    else:
-        text = ("# Benchmarks\n\nFigures measured on the machine named in each section; "
-                "regenerate with the command given.\n")
-    if BEGIN in text and END in text and text.index(BEGIN) < text.index(END):
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        text = head + block + (("\n" + tail) if tail else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(text)
+def write_section(section: str) -> None:
+    common.replace_section("run", section)
 
 
 def read_notes(path: str = BENCH_MD) -> str:

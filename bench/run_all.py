@@ -13,11 +13,12 @@ to run; a missed target is not a failure: it is marked **NO** in the section's t
 from __future__ import annotations
 
 import os
-import platform
 import re
 import subprocess
 import sys
 import time
+
+import common  # bench/common.py: machine line and BENCHMARKS.md sections
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_MD = os.path.join(ROOT, "BENCHMARKS.md")
@@ -41,18 +42,7 @@ Timing targets live here, not in the test suite: timed tests flake on a shared 2
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    system = f"{platform.system()} {platform.release()}"
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {system}"
-
+    return common.machine()
 
 def run_one(name: str) -> tuple[bool, str]:
     script, title = BENCHES[name]
