@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from broker import DEFAULT_RULES, Fill, Ledger, OrderSizeError, PaperBroker, record_transition
+from broker import DEFAULT_RULES, Fill, Ledger, PaperBroker, record_transition
 from config import Config
 from engine import Engine, Transition
 from history import Candle, HistoryError, check_contiguous, infer_interval_ms, interval_ms, interval_name, path_ticks
@@ -147,15 +147,10 @@ def run(p: Plan, cfg: Config, on_fill: Callable[[int, Fill, State], None] | None
 
 def _execute(engine: Engine, broker: PaperBroker, tr: Transition, events: list[tuple[int, str, str]]) -> list[Fill]:
     """Paper-fill a transition's orders; a refused entry leaves the engine FLAT (as live does)."""
-    fills: list[Fill] = []
-    for order in tr.orders:
-        if order.action.closes and not broker.ledger.qty:
-            continue
-        try:
-            fills.append(broker.fill(order, tr.price))
-        except OrderSizeError as exc:
-            engine.state = State.FLAT
-            events.append((tr.time_ms, "ERROR", f"entry refused: {exc}"))
+    fills, refused = broker.fill_orders(tr.orders, tr.price)
+    if refused:
+        engine.state = State.FLAT
+        events.append((tr.time_ms, "ERROR", f"entry refused: {refused}"))
     return fills
 
 

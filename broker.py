@@ -140,13 +140,27 @@ class PaperBroker:
         pnl = self.ledger.apply(order.action, price, qty, fee)
         return Fill(order.action, order.reason, price, qty, fee, pnl)
 
-    def execute(self, transition: Transition) -> list[Fill]:
-        """All orders of a transition, close first. A close with nothing held is skipped."""
-        fills = []
-        for order in transition.orders:
+    def fill_orders(self, orders: tuple[Order, ...], price: float) -> tuple[list[Fill], str | None]:
+        """Fill orders in turn (close first); a close with nothing held is skipped.
+
+        Returns the fills and, when an entry was below the exchange minimums, why it was refused
+        (the caller then leaves the strategy FLAT, as a live rejection does).
+        """
+        fills, refused = [], None
+        for order in orders:
             if order.action.closes and not self.ledger.qty:
                 continue
-            fills.append(self.fill(order, transition.price))
+            try:
+                fills.append(self.fill(order, price))
+            except OrderSizeError as exc:
+                refused = str(exc)
+        return fills, refused
+
+    def execute(self, transition: Transition) -> list[Fill]:
+        """All orders of a transition; raises OrderSizeError for an entry below the minimums."""
+        fills, refused = self.fill_orders(transition.orders, transition.price)
+        if refused:
+            raise OrderSizeError(refused)
         return fills
 
 

@@ -304,14 +304,7 @@ class Bot:
             self._override(State.FLAT, "paused", f"entry skipped: new entries are paused ({self.pause_reason})")
 
     def _paper(self, tr: Transition, orders: tuple[Order, ...]) -> None:
-        fills, refused = [], None
-        for order in orders:
-            if order.action.closes and not self.ledger.qty:
-                continue
-            try:
-                fills.append(self.paper_broker.fill(order, tr.price))
-            except OrderSizeError as exc:
-                refused = str(exc)
+        fills, refused = self.paper_broker.fill_orders(orders, tr.price)
         self.writer.post(record_transition, tr, fills, db_id=self.db_id, symbol=self.cfg.SYMBOL, paper=True,
                          ledger=_snapshot(self.ledger))
         for f in fills:
