@@ -173,10 +173,13 @@ def client_order_id(db_id: str, transition_id: int, leg: str) -> str:
 
 
 def record_transition(store, transition: Transition, fills: list[Fill], *, db_id: str, symbol: str,
-                      paper: bool, ledger: Ledger, cause: str = "tick") -> int:
-    """Write a transition, its paper orders and fills, and the new position (one transaction)."""
+                      paper: bool, ledger: Ledger | None, cause: str = "tick", transition_id: int | None = None) -> int:
+    """Write a transition, its paper orders and fills, and the new state and position (one transaction).
+
+    ``ledger`` None leaves the stored position alone (live: fills write it when they happen).
+    """
     tid = store.add_transition(transition.time_ms, transition.from_state, transition.to_state,
-                               transition.price, transition.bands, cause)
+                               transition.price, transition.bands, cause, transition_id=transition_id)
     for fill in fills:
         leg = "c" if fill.action.closes else "o"
         cid = client_order_id(db_id, tid, leg)
@@ -187,7 +190,10 @@ def record_transition(store, transition: Transition, fills: list[Fill], *, db_id
         store.update_order(cid, fill_price=fill.price, filled_qty=fill.qty, fee_usdt=fill.fee_usdt,
                            realized_pnl_usdt=fill.realized_pnl_usdt if fill.action.closes else None)
         store.add_fill(oid, transition.time_ms, fill.price, fill.qty, fill.fee_usdt, fill.realized_pnl_usdt, paper)
-    store.set_status(ledger_status(ledger) | {"state": transition.to_state.value})
+    values: dict[str, float | int | str] = {"state": transition.to_state.value}
+    if ledger is not None:
+        values |= ledger_status(ledger)
+    store.set_status(values)
     return tid
 
 

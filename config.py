@@ -121,6 +121,12 @@ SETTINGS: tuple[Setting, ...] = (
         "position, 'pause' also pauses new entries until a person resumes them",
         _choice("exchange", "pause"),
     ),
+    Setting("RECONCILE_INTERVAL_SECONDS", 60.0,
+            "live: compare the position with the exchange this often, besides the user-data stream",
+            _between(5, 3600)),
+    Setting("MAX_ENTRY_DELAY_SECONDS", 10.0,
+            "live: an entry still waiting this long after it was decided is not sent (it went stale); "
+            "closes always go out", _between(1, 300)),
     # --- credentials and endpoints ----------------------------------------------------------
     Setting("API_KEY", "", "Binance API key (or env BINANCE_API_KEY); futures trading permission only", None),
     Setting("API_SECRET", "", "Binance API secret (or env BINANCE_API_SECRET)", None),
@@ -164,6 +170,8 @@ class Config:
     PAPER_START_BALANCE_USDT: float
     MAX_ORDER_REJECTS: int
     RECONCILE_RULE: str
+    RECONCILE_INTERVAL_SECONDS: float
+    MAX_ENTRY_DELAY_SECONDS: float
     API_KEY: str
     API_SECRET: str
     TESTNET: bool

@@ -33,12 +33,12 @@ class Transition(NamedTuple):
 class Engine:
     """Indicator, table and candle clock for one symbol and interval.
 
-    ``on_trade`` is the per-tick entry point (O(1)). ``hold`` freezes the table (ticks still
-    update price and bands) while live orders are in flight.
+    ``on_trade`` is the per-tick entry point (O(1)). Every tick is evaluated, also while live
+    orders are in flight: the strategy never waits for the exchange.
     """
 
     __slots__ = ("boll", "interval_ms", "state", "forming_open_ms", "last_price", "last_time_ms",
-                 "_last_values", "last_closed_open_ms", "hold", "_forming_has_ticks", "_forming_end_ms")
+                 "_last_values", "last_closed_open_ms", "_forming_has_ticks", "_forming_end_ms")
 
     def __init__(self, period: int, k: float, ddof: int, interval_ms: int, state: State = State.FLAT,
                  closes: Sequence[float] = (), last_closed_open_ms: int | None = None) -> None:
@@ -52,7 +52,6 @@ class Engine:
         self.last_price: float | None = None
         self.last_time_ms: int | None = None
         self._last_values: tuple[float, float, float] | None = None
-        self.hold = False
         self._forming_has_ticks = False
         self._forming_end_ms = -1  # forming_open_ms + interval_ms once a trade opened it (fast path)
 
@@ -73,7 +72,7 @@ class Engine:
         self.last_time_ms = time_ms
         values = self.boll.values(price)
         self._last_values = values
-        if values is None or self.hold:
+        if values is None:
             return None
         before = self.state
         after, orders = step(before, price, values[0], values[2])

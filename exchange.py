@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass
 from decimal import Decimal
@@ -64,8 +65,16 @@ class ApiError(Exception):
 _UNKNOWN_CODES = {-1007, -1006}  # timeout waiting for the backend / unexpected response
 
 
-def classify(exc: BaseException) -> ApiError:
-    """Turn any exception from a REST call into an ApiError with its Outcome."""
+_RATE_CODES = {-1003, -1015}  # too many requests / too many new orders
+_BAN_UNTIL = re.compile(r"banned until (\d{12,14})")
+
+
+def classify(exc: BaseException, now_ms: int | None = None) -> ApiError:
+    """Turn any exception from a REST call into an ApiError with its Outcome.
+
+    A rate limit carries how long to wait: the ``Retry-After`` header, else (418) the time in
+    "IP banned until <ms>", else one second (two minutes for a 418).
+    """
     from binance.exceptions import BinanceAPIException, BinanceRequestException
 
     if isinstance(exc, ApiError):
@@ -73,13 +82,8 @@ def classify(exc: BaseException) -> ApiError:
     if isinstance(exc, BinanceAPIException):
         status, code = exc.status_code, exc.code
         msg = exc.message if isinstance(exc.message, str) else "no message"
-        if status in (429, 418) or code == -1003:
-            retry = None
-            try:
-                retry = float(exc.response.headers.get("Retry-After"))
-            except (TypeError, ValueError, AttributeError):
-                pass
-            return ApiError(Outcome.RATE_LIMITED, code, msg, status, retry if retry is not None else 5.0)
+        if status in (429, 418) or code in _RATE_CODES:
+            return ApiError(Outcome.RATE_LIMITED, code, msg, status, _retry_after(exc, status, msg, now_ms))
         if code == -1021:
             return ApiError(Outcome.CLOCK, code, msg, status)
         if code in (-2015, -1022, -2014, -1002):
@@ -92,6 +96,22 @@ def classify(exc: BaseException) -> ApiError:
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ClientError, OSError)):
         return ApiError(Outcome.UNKNOWN, None, f"{type(exc).__name__}: {exc}".rstrip(": "))
     return ApiError(Outcome.UNKNOWN, None, f"{type(exc).__name__}: {exc}")
+
+
+def _retry_after(exc: Any, status: int | None, msg: str, now_ms: int | None) -> float:
+    try:
+        value = float(exc.response.headers.get("Retry-After"))
+        if value >= 0:
+            return value
+    except (TypeError, ValueError, AttributeError):
+        pass
+    if status == 418:
+        until = _BAN_UNTIL.search(msg)
+        if until is not None:
+            now = now_ms if now_ms is not None else int(time.time() * 1000)
+            return max((int(until.group(1)) - now) / 1000.0, 1.0)
+        return 120.0
+    return 1.0
 
 
 def rules_from_exchange_info(info: dict[str, Any], symbol: str) -> SymbolRules:
@@ -233,11 +253,11 @@ class Exchange:
                 return None
             raise
 
-    async def order_fee_usdt(self, order_id: int) -> float | None:
-        """Commission paid for an order (from userTrades), or None when it cannot be read."""
-        try:
-            trades = await self.client.futures_account_trades(symbol=self.symbol, orderId=order_id)
-        except Exception as exc:
-            log.warning("could not read the fee of order %s: %s", order_id, classify(exc))
-            return None
-        return sum(float(t.get("commission", 0) or 0) for t in trades)
+    # ---- user-data stream (listenKey: API key header, no signature) ------------------------
+    async def create_listen_key(self) -> str:
+        """A listenKey for the account's user-data stream (the account's active one if it has one)."""
+        return str(await self.client.futures_stream_get_listen_key())
+
+    async def keepalive_listen_key(self, key: str) -> None:
+        """Extend the listenKey's validity by 60 minutes (-1125 when it no longer exists)."""
+        await self.client.futures_stream_keepalive(key)

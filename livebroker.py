@@ -1,19 +1,12 @@
-"""Live orders, exactly once (SPEC §4, DESIGN "One order's life").
+"""The order driver: carries one committed intent to its outcome against the exchange.
 
-1. Every order is first an *intent*: a row in ``orders`` (status ``pending``, deterministic
-   ``client_order_id``) committed to SQLite **before** anything is sent.
-2. It is sent as a MARKET order with ``newOrderRespType=RESULT``.
-3. A definite answer (FILLED, or a rejection) is recorded. Anything else — a timeout, a 5xx,
-   -1007, a 429/418 — is an *unknown* outcome: the order is looked up by
-   ``origClientOrderId`` until the exchange shows it, or until it provably never executed
-   (the exchange refuses a request older than ``recvWindow``, so once our clock says
-   ``sent + recvWindow`` has passed on the server and the id is still unknown, it never will
-   be). Only then may the same intent be sent again — never a blind resend.
-4. After a restart, every ``pending``/``unknown`` intent is resolved the same way before
-   trading. A proven-unsent intent younger than ``INTENT_TTL_S`` is carried out (the decision
-   was committed); an older one expires and reconciliation takes the exchange as the truth.
+The policy — what to do after each answer — is ``orders.decide`` (pure, tested without a
+network). This module only does the I/O of each step: send the MARKET order, look it up by
+client id, wait, resync the clock, write the outcome to SQLite. It also holds the intent
+type and the writes that run on the DB writer thread.
 
-A reversal is close then open; if the close fails the open is not sent.
+The user-data stream feeds ``stream_update``: a fill pushed by the exchange ends a wait for
+an order whose answer was lost, and carries the commission actually charged.
 """
 
 from __future__ import annotations
@@ -28,15 +21,13 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from broker import Ledger, client_order_id, order_qty
-from engine import Transition
+import orders as lifecycle
+from broker import Ledger, client_order_id, ledger_status
 from exchange import ApiError, Exchange, Outcome, classify
-from state import Action, Order, Reason
+from orders import OrderStatus
+from state import Action, Reason
 
 log = logging.getLogger("bollmin.orders")
-
-INTENT_TTL_S = 60.0          # a committed, provably unsent intent older than this is not sent after a restart
-RESOLVE_MARGIN_MS = 1500     # extra wait past recvWindow before concluding "never executed"
 
 
 def fault(point: str) -> None:
@@ -45,153 +36,164 @@ def fault(point: str) -> None:
     Points: ``after_intent`` (committed, not sent), ``after_send`` (sent, reply not read),
     ``after_reply`` (reply read, not recorded). Unset in production.
     """
-    if os.environ.get("BOLLMIN_FAULT") == point:
+    if point == _FAULT:
         log.critical("fault injection: SIGKILL at %s", point)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+_FAULT = os.environ.get("BOLLMIN_FAULT", "")
 
 
 @dataclass
 class Intent:
     """An order intent as stored in ``orders``."""
 
-    client_order_id: str         # assigned by write_intents from the DB id, transition id and leg
+    client_order_id: str
     action: Action
     reason: Reason
     qty: Decimal
     reduce_only: bool
     tick_price: float
-    time_ms: int
-    leg: str = "o"               # "c" close, "o" open (part of the client order id)
-    order_id: int = 0            # row id in orders
+    time_ms: int                 # exchange time of the tick that decided it
+    transition_id: int = 0
     created_wall_s: float = 0.0  # wall clock when committed
 
 
 @dataclass
 class LegResult:
     intent: Intent
-    status: str                  # filled | rejected | expired
+    status: OrderStatus
     fill_price: float = 0.0
     filled_qty: float = 0.0
     fee_usdt: float = 0.0
     realized_pnl_usdt: float = 0.0
     error: ApiError | None = None
-    order_id: int | None = None  # the exchange's order id (filled legs)
+    order_id: int | None = None      # the exchange's order id (filled legs)
+    exchange_time_ms: int = 0        # when the exchange executed it (filled legs)
 
 
-Submit = Callable[..., Awaitable[Any]]  # run a function on the DB writer and await its commit
+Submit = Callable[..., Awaitable[Any]]  # run a function on the DB writer (priority lane) and await its commit
+Post = Callable[..., None]              # run a function on the DB writer (priority lane) without waiting
 
 
-class LiveBroker:
-    """Sends, resolves and records live orders. One transition at a time."""
+class OrderDriver:
+    """Sends, resolves and records live orders, one at a time (the executor's hands)."""
 
-    def __init__(self, exchange: Exchange, submit: Submit, ledger: Ledger, *, db_id: str, symbol: str,
-                 amount_usdt: float, on_event: Callable[[str, str], None],
+    def __init__(self, exchange: Exchange, submit: Submit, post: Post, ledger: Ledger, *, symbol: str,
+                 on_event: Callable[[str, str], None] | None = None,
+                 on_rate_limit: Callable[[ApiError], None] | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.exchange = exchange
         self.submit = submit
+        self.post = post
         self.ledger = ledger
-        self.db_id = db_id
         self.symbol = symbol
-        self.amount_usdt = amount_usdt
-        self.event = on_event
+        self.event = on_event or (lambda level, msg: log.log(getattr(logging, level), "%s", msg))
+        self.on_rate_limit = on_rate_limit or (lambda err: None)
         self.sleep = sleep
+        self._pushed: dict[str, dict[str, Any]] = {}       # client id -> order as the stream last showed it
+        self._pushed_fee: dict[str, float] = {}            # client id -> commission in USDT from the stream
+        self._waiting: dict[str, asyncio.Event] = {}       # client id -> set when the stream shows it done
+        self._estimated: dict[str, float] = {}             # client id -> fee recorded, estimated from the rate
 
-    # ---- planning ----------------------------------------------------------------------------
-    def make_intents(self, tr: Transition, orders: tuple[Order, ...]) -> list[Intent]:
-        """Size the orders of a transition. Raises OrderSizeError for an entry below minimums."""
-        intents = []
-        held = Decimal(repr(abs(self.ledger.qty))) if self.ledger.qty else Decimal(0)
-        rules = self.exchange.rules
-        for order in orders:
-            if order.action.closes:
-                if not held:
-                    continue  # nothing to close (already flat on the exchange)
-                qty, leg = rules.floor_qty(held), "c"
-            else:
-                qty, leg = order_qty(self.amount_usdt, tr.price, rules), "o"
-            intents.append(Intent("", order.action, order.reason, qty, order.action.closes, tr.price, tr.time_ms,
-                                  leg))
-        return intents
-
-    # ---- one leg -----------------------------------------------------------------------------
-    async def complete(self, intent: Intent, *, send_first: bool = True, deadline_ms: int = 0,
-                       resent: bool = False) -> LegResult:
+    # ---- one order -------------------------------------------------------------------------------
+    async def complete(self, intent: Intent, *, look_up_first: bool = False,
+                       resend_ok: Callable[[], bool] = lambda: True) -> LegResult:
         """Drive one committed intent to filled, rejected or expired (never sending it twice).
 
-        ``send_first=False`` (after a restart) starts by looking the order up; it is taken as
-        never executed only once the server clock passes ``deadline_ms``.
+        ``look_up_first`` (after a restart) starts with a look-up: the order is taken as never
+        executed only once the exchange's clock is past recvWindow from now.
         """
         ex = self.exchange
-        need_send = send_first
-        clock_retries = 0
-        while True:
-            if need_send:
-                need_send = False
-                sent_ms = ex.server_time_ms()
-                try:
-                    fault("after_intent")
-                    res = await ex.place_market(intent.action.side, ex.rules.format_qty(intent.qty),
-                                                intent.reduce_only, intent.client_order_id)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    err = classify(exc)
-                    if err.outcome in (Outcome.REJECTED, Outcome.AUTH):
-                        return await self._record_failure(intent, "rejected", err)
-                    if err.outcome is Outcome.CLOCK and clock_retries < 3:
-                        clock_retries += 1
-                        offset = await self._resync()
-                        self.event("WARNING", f"order {intent.client_order_id}: timestamp refused (-1021); "
-                                              f"clock resynced (offset {offset} ms), sending again")
-                        need_send = True  # -1021 is a definite "not executed"
-                        continue
-                    # Unknown outcome (timeout, 5xx, -1007) or rate limited: find out, never resend blind.
-                    wait = err.retry_after_s if err.outcome is Outcome.RATE_LIMITED else 0.0
-                    self.event("WARNING", f"order {intent.client_order_id}: outcome unknown ({err}); "
-                                          f"querying by client order id")
-                    await self.submit(_mark, intent.client_order_id, status="unknown", error_code=err.code,
-                                      error_message=str(err)[:300])
-                    deadline_ms = sent_ms + ex.client.REQUEST_RECVWINDOW + RESOLVE_MARGIN_MS
-                    if wait:
-                        await self.sleep(wait)
+        recv = ex.client.REQUEST_RECVWINDOW
+        cid = intent.client_order_id
+        progress = lifecycle.Progress()
+        step: lifecycle.Step
+        if look_up_first:
+            progress = progress.sending(ex.server_time_ms(), recv)
+            step = lifecycle.Query(0.0)
+        else:
+            step = lifecycle.Send()
+        self._waiting[cid] = asyncio.Event()
+        try:
+            while True:
+                if isinstance(step, lifecycle.Send):
+                    progress = progress.sending(ex.server_time_ms(), recv)
+                    reply = await self._send(intent)
+                elif isinstance(step, lifecycle.Resync):
+                    offset = await self._resync()
+                    self.event("WARNING", f"order {cid}: timestamp refused (-1021); clock resynced (offset "
+                                          f"{offset} ms), sending again")
+                    step = lifecycle.Send()
+                    continue
+                elif isinstance(step, lifecycle.Query):
+                    reply = await self._look_up(intent, step)
+                elif isinstance(step, lifecycle.RecordFill):
+                    fault("after_reply")
+                    return await self._record_fill(intent, step.order)
                 else:
-                    fault("after_send")
-                    if res.get("status") == "FILLED":
-                        fault("after_reply")
-                        return await self._record_fill(intent, res)
-                    deadline_ms = sent_ms + ex.client.REQUEST_RECVWINDOW + RESOLVE_MARGIN_MS
-            # Resolve by origClientOrderId.
-            try:
-                found = await ex.query_order(intent.client_order_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                err = classify(exc)
-                await self.sleep(err.retry_after_s if err.outcome is Outcome.RATE_LIMITED else 1.0)
-                continue
-            if found is not None:
-                status = found.get("status")
-                if status == "FILLED":
-                    return await self._record_fill(intent, found)
-                if status in ("CANCELED", "EXPIRED", "REJECTED", "EXPIRED_IN_MATCH"):
-                    if float(found.get("executedQty", 0) or 0) > 0:
-                        return await self._record_fill(intent, found)
-                    return await self._record_failure(
-                        intent, "expired", ApiError(Outcome.REJECTED, None, f"exchange status {status}"))
-                await self.sleep(0.5)  # NEW / PARTIALLY_FILLED: a MARKET order finishes in moments
-                continue
-            if ex.server_time_ms() < deadline_ms:
-                await self.sleep(0.5)
-                continue
-            # Proven: the exchange never executed it and never will.
-            age = time.time() - intent.created_wall_s if intent.created_wall_s else 0.0
-            if not resent and age < INTENT_TTL_S:
-                self.event("WARNING", f"order {intent.client_order_id} never reached the exchange; sending it now")
-                resent = True
-                need_send = True
-                continue
-            return await self._record_failure(
-                intent, "expired", ApiError(Outcome.REJECTED, None, "never executed by the exchange"))
+                    return await self._record_failure(intent, step.status, step.error)
+                confirming = progress.confirming
+                step, progress = lifecycle.decide(progress, reply, now_ms=ex.server_time_ms(), resend_ok=resend_ok())
+                if isinstance(step, lifecycle.Send) and isinstance(reply, lifecycle.Missing):
+                    why = "was refused by the rate limit and did not execute" if confirming else \
+                        "never reached the exchange"
+                    self.event("WARNING", f"order {cid} {why}; sending the same order again")
+                    await self.submit(_mark, cid, status=OrderStatus.PENDING)
+        finally:
+            self._waiting.pop(cid, None)
+
+    async def _send(self, intent: Intent) -> lifecycle.Reply:
+        ex = self.exchange
+        try:
+            fault("after_intent")
+            res = await ex.place_market(intent.action.side, ex.rules.format_qty(intent.qty), intent.reduce_only,
+                                        intent.client_order_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            err = classify(exc, ex.server_time_ms())
+            if err.outcome is Outcome.RATE_LIMITED:
+                self.on_rate_limit(err)
+            return lifecycle.Refused(err)
+        fault("after_send")
+        return lifecycle.Placed(res)
+
+    async def _look_up(self, intent: Intent, step: lifecycle.Query) -> lifecycle.Reply:
+        cid = intent.client_order_id
+        if step.mark is not None:
+            err = step.mark
+            what = f"rate limited, waiting {step.after_s:g}s" if err.outcome is Outcome.RATE_LIMITED else \
+                "outcome unknown"
+            self.event("WARNING", f"order {cid}: {what} ({err}); querying by client order id")
+            await self.submit(_mark, cid, status=OrderStatus.UNKNOWN, error_code=err.code,
+                              error_message=str(err)[:300])
+        if step.after_s > 0 and cid not in self._pushed:
+            await self._pause(cid, step.after_s)
+        pushed = self._pushed.get(cid)
+        if pushed is not None and pushed.get("status") in ("FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH"):
+            return lifecycle.Found(pushed)  # the user-data stream already told us
+        try:
+            found = await self.exchange.query_order(cid)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return lifecycle.QueryFailed(classify(exc, self.exchange.server_time_ms()))
+        return lifecycle.Missing() if found is None else lifecycle.Found(found)
+
+    async def _pause(self, cid: str, seconds: float) -> None:
+        """Wait ``seconds``, or less when the user-data stream reports the order done."""
+        sleeper = asyncio.ensure_future(self.sleep(seconds))
+        waiter = self._waiting.get(cid)
+        if waiter is None:
+            await sleeper
+            return
+        watcher = asyncio.ensure_future(waiter.wait())
+        try:
+            await asyncio.wait({sleeper, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            watcher.cancel()
 
     async def _resync(self) -> int:
         try:
@@ -201,44 +203,82 @@ class LiveBroker:
             return self.exchange.offset_ms
 
     async def _record_fill(self, intent: Intent, res: dict[str, Any]) -> LegResult:
-        # The fee is first estimated from the account's taker rate, so that the open of a
-        # reversal is not delayed by another request; ``settle_fees`` replaces it with the
-        # commission the exchange actually charged once the transition is done.
+        # The fee is the commission the user-data stream reported when it has already arrived,
+        # else an estimate from the account's taker rate, replaced when the stream reports it.
+        cid = intent.client_order_id
         qty = float(res.get("executedQty", 0) or 0)
         price = float(res.get("avgPrice", 0) or 0) or intent.tick_price
         order_id = res.get("orderId")
-        fee = float(res.get("cumQuote", 0) or 0) * self.exchange.taker_rate
+        when = int(res.get("updateTime") or res.get("time") or 0)
+        fee = self._pushed_fee.pop(cid, None)
+        if fee is None:
+            quote = float(res.get("cumQuote", 0) or 0) or qty * price
+            fee = quote * self.exchange.taker_rate
+            self._estimated[cid] = fee
         pnl = self.ledger.apply(intent.action, price, qty, fee)
-        from broker import ledger_status
-
-        await self.submit(_record_fill, intent, res, price, qty, fee, pnl, ledger_status(self.ledger))
+        # Not awaited: the next intent's commit (same lane) lands after it, usually in one transaction.
+        self.post(_record_fill, intent, order_id, when, price, qty, fee, pnl, ledger_status(self.ledger))
+        self._pushed.pop(cid, None)
         self.event("INFO", f"{intent.action.value} {qty} {self.symbol} @ {price} ({intent.reason.value}) "
                            f"filled, order {order_id}, fee {fee:.4f} USDT")
-        return LegResult(intent, "filled", price, qty, fee, pnl, order_id=order_id)
+        return LegResult(intent, OrderStatus.FILLED, price, qty, fee, pnl, order_id=order_id, exchange_time_ms=when)
 
-    async def settle_fees(self, legs: list[LegResult]) -> None:
-        """Replace estimated fees with the commission the exchange charged (userTrades)."""
-        from broker import ledger_status
-
-        for leg in legs:
-            if leg.order_id is None:
-                continue
-            actual = await self.exchange.order_fee_usdt(int(leg.order_id))
-            if actual is None or abs(actual - leg.fee_usdt) < 1e-9:
-                continue
-            self.ledger.fees_usdt += actual - leg.fee_usdt
-            leg.fee_usdt = actual
-            await self.submit(_settle_fee, leg.intent.client_order_id, actual, ledger_status(self.ledger))
-
-    async def _record_failure(self, intent: Intent, status: str, err: ApiError) -> LegResult:
+    async def _record_failure(self, intent: Intent, status: OrderStatus, err: ApiError) -> LegResult:
         await self.submit(_mark, intent.client_order_id, status=status, error_code=err.code,
                           error_message=str(err)[:300])
+        self._pushed.pop(intent.client_order_id, None)
         self.event("ERROR", f"{intent.action.value} {intent.qty} {self.symbol} ({intent.reason.value}) "
                             f"{status}: {err}")
         return LegResult(intent, status, error=err)
 
+    # ---- the user-data stream --------------------------------------------------------------------
+    def stream_update(self, cid: str, order: dict[str, Any], commission_usdt: float | None) -> None:
+        """One of our orders as ORDER_TRADE_UPDATE shows it (fields as in a REST order).
 
-# ---- writes run on the DB writer thread (each in its own transaction) ---------------------------
+        ``commission_usdt`` is the order's total commission once it is done (None otherwise,
+        or when charged in another asset).
+        """
+        self._pushed[cid] = order
+        if commission_usdt is not None:
+            estimated = self._estimated.pop(cid, None)
+            if estimated is None:
+                self._pushed_fee[cid] = commission_usdt   # the fill is not recorded yet: it takes this fee
+            elif abs(estimated - commission_usdt) > 1e-12:
+                self.ledger.fees_usdt += commission_usdt - estimated
+                self.post(_settle_fee, cid, commission_usdt, ledger_status(self.ledger))
+        waiter = self._waiting.get(cid)
+        if waiter is not None and order.get("status") in ("FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH"):
+            waiter.set()
+
+    def forget(self, cid: str) -> None:
+        """Drop what the stream told about an order that is settled (bounded memory)."""
+        self._pushed.pop(cid, None)
+        self._pushed_fee.pop(cid, None)
+
+
+# ---- intents ------------------------------------------------------------------------------------
+
+def new_intent(db_id: str, transition_id: int, action: Action, reason: Reason, qty: Decimal, tick_price: float,
+               time_ms: int) -> Intent:
+    """The intent for one leg of a transition; its client id is ``bm-<db id>-<transition>-<c|o>``."""
+    leg = "c" if action.closes else "o"
+    return Intent(client_order_id(db_id, transition_id, leg), action, reason, qty, action.closes, tick_price,
+                  time_ms, transition_id)
+
+
+def intent_from_row(row: dict[str, Any]) -> Intent:
+    return Intent(row["client_order_id"], Action(row["action"]), Reason(row["reason"]),
+                  Decimal(repr(row["qty"])), bool(row["reduce_only"]), row["tick_price"], row["time_ms"],
+                  row["transition_id"] or 0, row["created_ms"] / 1000.0)
+
+
+# ---- writes run on the DB writer thread (each in its own savepoint) -----------------------------
+
+def write_intent(store, it: Intent, *, symbol: str) -> None:
+    store.add_order(client_order_id=it.client_order_id, transition_id=it.transition_id, time_ms=it.time_ms,
+                    symbol=symbol, action=it.action, reason=it.reason, side=it.action.side, qty=float(it.qty),
+                    reduce_only=it.reduce_only, paper=False, tick_price=it.tick_price)
+
 
 def _mark(store, cid: str, **fields: Any) -> None:
     store.update_order(cid, **fields)
@@ -251,43 +291,20 @@ def _settle_fee(store, cid: str, fee: float, ledger_values: dict[str, Any]) -> N
     store.set_status(ledger_values)
 
 
-def _record_fill(store, intent: Intent, res: dict[str, Any], price: float, qty: float, fee: float, pnl: float,
-                 ledger_values: dict[str, Any]) -> None:
-    store.update_order(intent.client_order_id, status="filled", exchange_order_id=res.get("orderId"),
+def _record_fill(store, intent: Intent, exchange_order_id: Any, when_ms: int, price: float, qty: float, fee: float,
+                 pnl: float, ledger_values: dict[str, Any]) -> None:
+    store.update_order(intent.client_order_id, status=OrderStatus.FILLED, exchange_order_id=exchange_order_id,
                        fill_price=price, filled_qty=qty, fee_usdt=fee,
                        realized_pnl_usdt=pnl if intent.action.closes else None)
     row = store.conn.execute("SELECT id, time_ms FROM orders WHERE client_order_id = ?",
                              (intent.client_order_id,)).fetchone()
-    store.add_fill(row["id"], int(res.get("updateTime") or row["time_ms"]), price, qty, fee, pnl, False)
+    store.add_fill(row["id"], when_ms or row["time_ms"], price, qty, fee, pnl, False)
     store.set_status(ledger_values)
 
 
-def write_transition(store, tr: Transition, cause: str, first: Intent | None, *, symbol: str, db_id: str) -> int:
-    """A transition and its first order intent, committed together before that order is sent.
-
-    Later legs (the open of a reversal) are written by ``write_intent`` only once the close
-    filled, so an intent in the DB is always one that is meant to be sent.
-    """
-    tid = store.add_transition(tr.time_ms, tr.from_state, tr.to_state, tr.price, tr.bands, cause)
-    if first is not None:
-        write_intent(store, tid, first, symbol=symbol, db_id=db_id)
-    store.set_status({"state": tr.to_state.value})
-    return tid
+def wall_age_s(intent: Intent) -> float:
+    """Seconds since the intent was committed (0 when unknown)."""
+    return time.time() - intent.created_wall_s if intent.created_wall_s else 0.0
 
 
-def write_intent(store, tid: int, it: Intent, *, symbol: str, db_id: str) -> None:
-    it.client_order_id = client_order_id(db_id, tid, it.leg)
-    it.order_id = store.add_order(client_order_id=it.client_order_id, transition_id=tid, time_ms=it.time_ms,
-                                  symbol=symbol, action=it.action, reason=it.reason, side=it.action.side,
-                                  qty=float(it.qty), reduce_only=it.reduce_only, paper=False,
-                                  tick_price=it.tick_price)
-    it.created_wall_s = time.time()
-
-
-def intent_from_row(row: dict[str, Any]) -> Intent:
-    return Intent(row["client_order_id"], Action(row["action"]), Reason(row["reason"]),
-                  Decimal(repr(row["qty"])), bool(row["reduce_only"]), row["tick_price"], row["time_ms"],
-                  row["client_order_id"].rsplit("-", 1)[-1], row["id"], row["created_ms"] / 1000.0)
-
-
-__all__ = ["LiveBroker", "Intent", "LegResult", "write_transition", "write_intent", "intent_from_row", "fault"]
+__all__ = ["OrderDriver", "Intent", "LegResult", "new_intent", "intent_from_row", "write_intent", "fault"]

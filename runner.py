@@ -20,16 +20,19 @@ import asyncio
 import logging
 import logging.handlers
 import os
+import queue
 import signal
 import subprocess
 import sys
 import time
 from typing import Any
 
+import psutil
+
+import sdnotify
 import store as db
 from broker import (
     Ledger,
-    OrderSizeError,
     PaperBroker,
     SymbolRules,
     ledger_from_status,
@@ -39,14 +42,20 @@ from broker import (
 )
 from config import Config
 from engine import Engine, Transition
+from exchange import AccountSetupError, ApiError, Exchange, classify
+from executor import Executor, Job, Leg
+from executor import Settings as ExecutorSettings
 from feed import Feed, KlineClose, stream_url
 from history import Candle, HistoryError, interval_ms, validate_frame
-from state import POSITION, Action, Order, Reason, State
+from livebroker import OrderDriver, intent_from_row, wall_age_s
+from state import Action, Order, Reason, State
+from userstream import UserStream
 
 log = logging.getLogger("bollmin")
 
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_ACCOUNT = 0, 1, 2, 3
 SHUTDOWN_BUDGET_S = 8.0
+INTENT_TTL_S = 60.0  # after a restart, a committed, provably unsent intent older than this is not sent
 
 
 # ---- logging ----------------------------------------------------------------------------------
@@ -94,13 +103,20 @@ class EventsHandler(logging.Handler):
             self.handleError(record)
 
 
+_listener: logging.handlers.QueueListener | None = None
+
+
 def setup_logging(cfg: Config) -> None:
+    """Log lines go through a queue to a thread that writes stderr and the rotating file, so
+    no log call on the event loop waits for I/O. Secrets are masked before a line is queued."""
+    global _listener
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
+    if _listener is not None:
+        _listener.stop()
     root.setLevel(cfg.LOG_LEVEL)
     fmt = OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    secret_filter = SecretFilter([cfg.API_KEY, cfg.API_SECRET, cfg.DASHBOARD_PASSWORD])
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     try:
         os.makedirs(os.path.dirname(os.path.abspath(cfg.LOG_FILE)), exist_ok=True)
@@ -110,10 +126,37 @@ def setup_logging(cfg: Config) -> None:
         sys.stderr.write(f"bollmin: cannot write LOG_FILE {cfg.LOG_FILE} ({exc.strerror}); logging to stderr only\n")
     for h in handlers:
         h.setFormatter(fmt)
-        h.addFilter(secret_filter)
-        root.addHandler(h)
+    lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    front = logging.handlers.QueueHandler(lines)
+    front.addFilter(SecretFilter([cfg.API_KEY, cfg.API_SECRET, cfg.DASHBOARD_PASSWORD]))
+    root.addHandler(front)
+    _listener = logging.handlers.QueueListener(lines, *handlers, respect_handler_level=True)
+    _listener.start()
     for noisy in ("websockets", "asyncio", "aiohttp", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def add_log_handler(handler: logging.Handler) -> None:
+    """Also give every log line to ``handler`` (on the logging thread when logging is set up)."""
+    if _listener is not None:
+        _listener.handlers = (*_listener.handlers, handler)
+    else:
+        logging.getLogger().addHandler(handler)
+
+
+def remove_log_handler(handler: logging.Handler) -> None:
+    if _listener is not None:
+        _listener.handlers = tuple(h for h in _listener.handlers if h is not handler)
+    else:
+        logging.getLogger().removeHandler(handler)
+
+
+def stop_logging() -> None:
+    """Write out every queued log line (at exit)."""
+    global _listener
+    if _listener is not None:
+        _listener.stop()
+        _listener = None
 
 
 # ---- the bot ----------------------------------------------------------------------------------
@@ -128,7 +171,7 @@ class Bot:
         self.step_ms = interval_ms(cfg.INTERVAL)
         self.writer = db.Writer(cfg.DB_PATH)
         self.events = EventsHandler(self.writer)
-        logging.getLogger().addHandler(self.events)
+        add_log_handler(self.events)
         status = self._call_sync(lambda s: db.read_status(s.conn))
         if status.get("db_role") == "backtest":
             raise db.StoreError(f"{cfg.DB_PATH} holds a backtest run; point DB_PATH at the bot's own file")
@@ -139,17 +182,18 @@ class Bot:
             log.warning("the DB was last used in %s mode, now %s: starting FLAT", status.get("mode"), self.mode)
             restored = State.FLAT
         closes = self._call_sync(lambda s: db.read_candles(s.conn, cfg.SYMBOL, cfg.INTERVAL, cfg.BOLL_PERIOD - 1))
+        self._next_tid = self._call_sync(lambda s: db.next_transition_id(s.conn))
         self.engine = Engine(cfg.BOLL_PERIOD, cfg.BOLL_K, cfg.BOLL_DDOF, self.step_ms, restored,
                              [c.close for c in closes], closes[-1].open_time_ms if closes else None)
         self.paused = status.get("entries_paused") == "1"
         self.pause_reason = status.get("pause_reason") or ""
-        self.rejects = 0
+        self.banned_until = 0.0  # time.monotonic() until which a 418 IP ban blocks new entries
         self.connection = "starting"
-        self.inflight: asyncio.Task | None = None
         self.stopping = asyncio.Event()
         self.started_ms = db.now_ms()
         self.exchange: Any = None
-        self.live: Any = None
+        self.executor: Executor | None = None
+        self.user_stream: UserStream | None = None
         self.rules = SymbolRules()
         self.paper_broker = PaperBroker(cfg.TRADE_AMOUNT_USDT, cfg.PAPER_FEE_RATE, self.rules, self.ledger)
         self.feed = Feed(stream_url(cfg.WS_BASE_URL, cfg.SYMBOL, cfg.INTERVAL), cfg.SYMBOL, cfg.INTERVAL,
@@ -158,8 +202,6 @@ class Bot:
                          stall_s=cfg.WS_STALL_SECONDS, max_age_s=cfg.WS_MAX_AGE_HOURS * 3600,
                          max_jump_pct=cfg.MAX_PRICE_JUMP_PCT,
                          reference_price=closes[-1].close if closes else None)
-        import psutil
-
         self._proc = psutil.Process()
         self._proc.cpu_percent(None)
         self.writer.post(db.Store.set_status, {
@@ -173,8 +215,17 @@ class Bot:
         return self.writer.submit(fn).result(timeout=60)
 
     async def commit(self, fn, *args: Any, **kwargs: Any) -> Any:
-        """Run ``fn(store, ...)`` on the writer and wait until it is committed."""
-        return await asyncio.wrap_future(self.writer.submit(fn, *args, **kwargs))
+        """Run ``fn(store, ...)`` on the writer's priority lane and wait until it is committed."""
+        return await asyncio.wrap_future(self.writer.submit(fn, *args, urgent=True, **kwargs))
+
+    def post_urgent(self, fn, *args: Any, **kwargs: Any) -> None:
+        """Run ``fn(store, ...)`` on the writer's priority lane without waiting."""
+        self.writer.post(fn, *args, urgent=True, **kwargs)
+
+    def new_transition_id(self) -> int:
+        tid = self._next_tid
+        self._next_tid += 1
+        return tid
 
     async def pause_unless_stopping(self, seconds: float) -> None:
         """Sleep ``seconds``, waking at once when a stop is requested."""
@@ -186,7 +237,11 @@ class Bot:
     def _set_connection(self, state: str) -> None:
         self.connection = state
 
-    def _override(self, to: State, cause: str, why: str) -> None:
+    @property
+    def state(self) -> State:
+        return self.engine.state
+
+    def adopt_state(self, to: State, cause: str, why: str) -> None:
         """Move the state outside the table (refused entry, reconciliation, command), on record."""
         before = self.engine.state
         if before is to:
@@ -195,17 +250,36 @@ class Bot:
         price = self.engine.last_price or 0.0
         t = self.engine.last_time_ms or db.now_ms()
         log.warning("state %s -> %s (%s): %s", before, to, cause, why)
-        self.writer.post(_write_override, t, before, to, price, self.engine.last_bands, cause)
+        self.post_urgent(_write_override, self.new_transition_id(), t, before, to, price, self.engine.last_bands,
+                         cause)
 
-    def _pause(self, reason: str) -> None:
+    def pause(self, reason: str) -> None:
         self.paused, self.pause_reason = True, reason
         log.error("new entries paused: %s", reason)
         self.writer.post(db.Store.set_status, {"entries_paused": 1, "pause_reason": reason})
 
     def _resume(self) -> None:
-        self.paused, self.pause_reason, self.rejects = False, "", 0
+        self.paused, self.pause_reason = False, ""
+        if self.executor is not None:
+            self.executor.rejects = 0
         log.info("new entries resumed")
         self.writer.post(db.Store.set_status, {"entries_paused": 0, "pause_reason": ""})
+
+    def entries_blocked(self) -> str | None:
+        """Why new entries may not go out now (paused, IP ban), or None."""
+        if self.paused:
+            return f"new entries are paused ({self.pause_reason})"
+        if self.banned_until and time.monotonic() < self.banned_until:
+            return f"the exchange banned this IP for another {self.banned_until - time.monotonic():.0f} s"
+        return None
+
+    def on_rate_limit(self, err: ApiError) -> None:
+        """Every rate-limit answer to an order; a 418 IP ban blocks new entries for its duration."""
+        if err.status == 418:
+            seconds = err.retry_after_s or 120.0
+            self.banned_until = max(self.banned_until, time.monotonic() + seconds)
+            log.critical("the exchange BANNED this IP for %.0f s (HTTP 418: too many requests): no new entries "
+                         "until then; closes wait for the ban to end", seconds)
 
     # ---- market data -----------------------------------------------------------------------------
     def on_trade(self, time_ms: int, price: float) -> None:
@@ -240,8 +314,8 @@ class Bot:
     async def on_connected(self) -> None:
         """Runs after each connect, before messages are read: backfill, then (live) reconcile."""
         await self.backfill()
-        if not self.paper:
-            await self.reconcile("reconnect" if self.feed.reconnects else "startup")
+        if self.executor is not None:
+            await self.executor.reconcile_now("reconnect" if self.feed.reconnects else "startup")
 
     async def backfill(self) -> None:
         """Fetch the closed candles the DB lacks (or HISTORY_KLINES when empty); resync the window."""
@@ -282,118 +356,47 @@ class Bot:
         if len(window) < cfg.BOLL_PERIOD - 1:
             log.warning("only %d closed candles known: no trading until %d exist", len(window), cfg.BOLL_PERIOD - 1)
 
-    # ---- orders ----------------------------------------------------------------------------------
+    # ---- decisions -------------------------------------------------------------------------------
     def _on_transition(self, tr: Transition) -> None:
-        orders = tr.orders
-        if self.paused and any(not o.action.closes for o in orders):
-            orders = tuple(o for o in orders if o.action.closes)
-            skipped = True
-        else:
-            skipped = False
-        if not orders:
-            self.writer.post(record_transition, tr, [], db_id=self.db_id, symbol=self.cfg.SYMBOL,
-                             paper=self.paper, ledger=_snapshot(self.ledger))
-        elif self.paper:
-            self._paper(tr, orders)
-        else:
-            self.engine.hold = True
-            self.inflight = asyncio.get_running_loop().create_task(self._live(tr, orders))
-        b = tr.bands  # logged after the order is on its way: the log line must not delay it
-        log.info("%s -> %s at %s (UP %.2f MID %.2f DN %.2f)", tr.from_state, tr.to_state, tr.price, b.up, b.mid, b.dn)
+        """A transition of the table: record it and hand its orders on (paper: fill them now;
+        live: to the executor). Runs on every tick that changes the state — never waits."""
+        orders, skipped = tr.orders, self.entries_blocked() if any(not o.action.closes for o in tr.orders) else None
         if skipped:
-            self._override(State.FLAT, "paused", f"entry skipped: new entries are paused ({self.pause_reason})")
+            orders = tuple(o for o in orders if o.action.closes)
+        tid = self.new_transition_id()
+        refused = None
+        if not orders:
+            self.writer.post(record_transition, tr, [], db_id=self.db_id, symbol=self.cfg.SYMBOL, paper=self.paper,
+                             ledger=_snapshot(self.ledger), transition_id=tid)
+        elif self.paper:
+            refused = self._paper(tr, orders, tid)
+        else:
+            legs, refused = self.executor.plan(tr.price, orders)
+            self.post_urgent(record_transition, tr, [], db_id=self.db_id, symbol=self.cfg.SYMBOL, paper=False,
+                             ledger=None, transition_id=tid)
+            if legs:
+                self.executor.submit(Job(tid, tr.time_ms, tr.price, legs, time.monotonic()))
+        b = tr.bands  # logged after the orders are on their way: the log line must not delay them
+        log.info("%s -> %s at %s (UP %.2f MID %.2f DN %.2f)", tr.from_state, tr.to_state, tr.price, b.up, b.mid, b.dn)
+        # An entry left out leaves the strategy FLAT (a reversal's close still goes), as in the backtest.
+        if refused:
+            self.adopt_state(State.FLAT, "refused", f"entry refused: {refused}")
+        if skipped:
+            self.adopt_state(State.FLAT, "paused", f"entry skipped: {skipped}")
 
-    def _paper(self, tr: Transition, orders: tuple[Order, ...]) -> None:
+    def _paper(self, tr: Transition, orders: tuple[Order, ...], tid: int) -> str | None:
         fills, refused = self.paper_broker.fill_orders(orders, tr.price)
         self.writer.post(record_transition, tr, fills, db_id=self.db_id, symbol=self.cfg.SYMBOL, paper=True,
-                         ledger=_snapshot(self.ledger))
+                         ledger=_snapshot(self.ledger), transition_id=tid)
         for f in fills:
             log.info("paper %s %s %s @ %s (%s), fee %.4f USDT", f.action, f.qty, self.cfg.SYMBOL, f.price, f.reason,
                      f.fee_usdt)
-        if refused:
-            self._override(State.FLAT, "refused", f"entry refused: {refused}")
-
-    async def _live(self, tr: Transition, orders: tuple[Order, ...], cause: str = "tick") -> None:
-        from livebroker import write_intent, write_transition
-
-        try:
-            intents, refused = [], None
-            for order in orders:
-                try:
-                    intents += self.live.make_intents(tr, (order,))
-                except OrderSizeError as exc:
-                    refused = str(exc)
-            tid = None
-            results = []
-            for it in intents:
-                if tid is None:
-                    tid = await self.commit(write_transition, tr, cause, it, symbol=self.cfg.SYMBOL,
-                                            db_id=self.db_id)
-                else:
-                    await self.commit(write_intent, tid, it, symbol=self.cfg.SYMBOL, db_id=self.db_id)
-                res = await self.live.complete(it)
-                results.append(res)
-                if res.status != "filled":
-                    break  # a failed close stops the reversal: the open is never sent
-            if tid is None:
-                await self.commit(write_transition, tr, cause, None, symbol=self.cfg.SYMBOL, db_id=self.db_id)
-            failed = [r for r in results if r.status != "filled"]
-            if refused:
-                self._override(State.FLAT if not self.ledger.qty else self.engine.state, "refused",
-                               f"entry refused: {refused}")
-            if failed:
-                leg = failed[0]
-                if leg.intent.action.closes:
-                    await self.reconcile(f"the close {leg.intent.client_order_id} failed")
-                else:
-                    self._override(State.FLAT, "rejected", f"entry {leg.intent.client_order_id} {leg.status}")
-                    definite = leg.error is not None and leg.status == "rejected"
-                    self.rejects = self.rejects + 1 if definite else self.rejects
-                    if self.rejects >= self.cfg.MAX_ORDER_REJECTS and not self.paused:
-                        self._pause(f"{self.rejects} entries in a row rejected by the exchange; last: {leg.error}")
-            elif any(not r.intent.action.closes for r in results):
-                self.rejects = 0
-            filled = [r for r in results if r.status == "filled"]
-            if filled:
-                asyncio.get_running_loop().create_task(self._settle_fees(filled))
-        except Exception:
-            log.exception("error while executing %s -> %s", tr.from_state, tr.to_state)
-            try:
-                await self.reconcile("after an order error")
-            except Exception as exc:
-                log.error("reconciliation failed: %s", exc)
-        finally:
-            self.engine.hold = False
-            self.inflight = None
-
-    async def _settle_fees(self, legs: list) -> None:
-        try:
-            await self.live.settle_fees(legs)
-        except Exception:
-            log.exception("reading the actual commission of the last orders failed")
-
-    async def reconcile(self, why: str) -> None:
-        """Compare the stored state with the exchange position; the exchange is the truth."""
-        amt, entry = await self.exchange.position()
-        qty = float(amt)
-        want = 0 if qty == 0 else (1 if qty > 0 else -1)
-        have = POSITION[self.engine.state]
-        if want != have:
-            target = {0: State.FLAT, 1: State.LONG, -1: State.SHORT}[want]
-            log.critical("RECONCILE (%s): stored state %s (position %s) but the exchange holds %s %s @ %s: "
-                         "adopting %s", why, self.engine.state, self.ledger.qty, qty, self.cfg.SYMBOL, entry, target)
-            self._override(target, "reconcile", f"exchange position {qty}")
-            if self.cfg.RECONCILE_RULE == "pause":
-                self._pause(f"position mismatch at {why}; check the account, then resume")
-        elif abs(qty - self.ledger.qty) > 1e-12:
-            log.warning("RECONCILE (%s): position size %s here, %s on the exchange: adopting the exchange's", why,
-                        self.ledger.qty, qty)
-        if abs(qty - self.ledger.qty) > 1e-12 or (qty and abs(entry - self.ledger.entry_price) > 1e-9):
-            self.ledger.qty, self.ledger.entry_price = qty, (entry if qty else 0.0)
-            self.writer.post(db.Store.set_status, ledger_status(self.ledger))
+        return refused
 
     async def close_now(self, why: str) -> str:
         """Close the whole position at market (dashboard command)."""
+        if self.executor is not None and self.executor.backlog:
+            await self._wait_idle(30.0)  # let the orders already decided settle first
         if not self.ledger.qty:
             return "no position to close"
         held = abs(self.ledger.qty)
@@ -403,21 +406,29 @@ class Bot:
         tr = Transition(self.engine.last_time_ms or db.now_ms(), self.engine.state, State.FLAT, price,
                         bands if bands is not None else (0.0, 0.0, 0.0), (Order(action, Reason.MANUAL),))
         self.engine.state = State.FLAT
+        tid = self.new_transition_id()
         if self.paper:
-            self._paper(tr, tr.orders)
+            fills, _ = self.paper_broker.fill_orders(tr.orders, tr.price)
+            self.writer.post(record_transition, tr, fills, db_id=self.db_id, symbol=self.cfg.SYMBOL, paper=True,
+                             ledger=_snapshot(self.ledger), transition_id=tid, cause="command")
         else:
-            while self.inflight is not None:
-                await asyncio.sleep(0.05)
-            self.engine.hold = True
-            await self._live(tr, tr.orders, cause="command")
+            self.post_urgent(record_transition, tr, [], db_id=self.db_id, symbol=self.cfg.SYMBOL, paper=False,
+                             ledger=None, transition_id=tid, cause="command")
+            done = asyncio.get_running_loop().create_future()
+            self.executor.submit(Job(tid, tr.time_ms, price, (Leg(action, Reason.MANUAL),), time.monotonic(),
+                                     "command", done))
+            await done
         if self.ledger.qty:
             return f"close of {held} {self.cfg.SYMBOL} failed; see the events"
         return f"closed {held} {self.cfg.SYMBOL} at market ({why})"
 
+    async def _wait_idle(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.executor is not None and not self.executor.idle and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
     # ---- background loops ------------------------------------------------------------------------
     async def heartbeat(self) -> None:
-        import sdnotify
-
         period = sdnotify.watchdog_period()
         last_dog = 0.0
         while not self.stopping.is_set():
@@ -432,11 +443,15 @@ class Bot:
             await self.pause_unless_stopping(1.0)
 
     def status_values(self) -> dict[str, Any]:
+        """The heartbeat's status keys. The state and the position are written with the
+        transitions and fills that change them, never here (a late heartbeat must not undo them)."""
         e, led = self.engine, self.ledger
         b = e.last_bands
         mem = self._proc.memory_info().rss
+        ex = self.executor
+        us = self.user_stream
         return {
-            "heartbeat_ms": db.now_ms(), "state": e.state.value, "price": e.last_price,
+            "heartbeat_ms": db.now_ms(), "price": e.last_price,
             "price_time_ms": e.last_time_ms, "band_up": b.up if b else None, "band_mid": b.mid if b else None,
             "band_dn": b.dn if b else None, "connection": self.connection,
             "last_message_ms": int(self.feed.last_message_wall * 1000) or None,
@@ -446,7 +461,11 @@ class Bot:
             "cpu_pct": self._proc.cpu_percent(None), "rss_bytes": mem, "entries_paused": int(self.paused),
             "pause_reason": self.pause_reason, "messages": self.feed.messages, "dropped": self.feed.dropped,
             "reconnects": self.feed.reconnects, "db_backlog": self.writer.backlog,
-        } | ledger_status(led)
+            "order_backlog": ex.backlog if ex is not None else 0,
+            "order_backlog_age_s": round(ex.backlog_age_s(), 3) if ex is not None else 0.0,
+            "user_stream": us.connection if us is not None else "off",
+            "entries_blocked": self.entries_blocked() or "",
+        }
 
     async def commands(self) -> None:
         while not self.stopping.is_set():
@@ -455,7 +474,7 @@ class Bot:
                     ok, result = True, ""
                     try:
                         if cmd["command"] == "pause":
-                            self._pause("paused from the dashboard")
+                            self.pause("paused from the dashboard")
                             result = "new entries paused"
                         elif cmd["command"] == "resume":
                             self._resume()
@@ -470,11 +489,22 @@ class Bot:
                 log.exception("reading dashboard commands failed")
             await self.pause_unless_stopping(1.0)
 
+    async def periodic_reconcile(self) -> None:
+        """Compare the position with the exchange every RECONCILE_INTERVAL_SECONDS (live), in
+        case the user-data stream missed something."""
+        while not self.stopping.is_set():
+            await self.pause_unless_stopping(self.cfg.RECONCILE_INTERVAL_SECONDS)
+            if self.stopping.is_set() or self.executor is None:
+                continue
+            try:
+                if self.executor.idle:
+                    self.executor.request_reconcile("periodic")
+            except Exception:
+                log.exception("periodic reconciliation failed")
+
     # ---- lifecycle -------------------------------------------------------------------------------
     async def setup_exchange(self) -> None:
         """REST client; live: time offset, filters, account checks, unfinished intents."""
-        from exchange import AccountSetupError, Exchange, classify
-
         self.exchange = Exchange(self.cfg)
         delay = 1.0
         while not self.stopping.is_set():
@@ -493,12 +523,15 @@ class Bot:
                 await self.exchange.load_rules()
                 await self.exchange.check_account()
                 await self.exchange.load_commission_rate()
-                from livebroker import LiveBroker
-
-                self.live = LiveBroker(self.exchange, self.commit, self.ledger, db_id=self.db_id,
-                                       symbol=self.cfg.SYMBOL, amount_usdt=self.cfg.TRADE_AMOUNT_USDT,
-                                       on_event=lambda level, msg: log.log(getattr(logging, level), "%s", msg))
-                await self.resolve_intents()
+                cfg = self.cfg
+                driver = OrderDriver(self.exchange, self.commit, self.post_urgent, self.ledger, symbol=cfg.SYMBOL,
+                                     on_rate_limit=self.on_rate_limit)
+                self.executor = Executor(
+                    self.exchange, driver, self.ledger, self,
+                    ExecutorSettings(self.db_id, cfg.SYMBOL, cfg.TRADE_AMOUNT_USDT, cfg.MAX_ENTRY_DELAY_SECONDS,
+                                     cfg.MAX_ORDER_REJECTS, cfg.RECONCILE_RULE),
+                    post_status=self.post_urgent)
+                await self.resolve_intents(driver)
                 log.info("live trading on %s: leverage %s, one-way mode, server time offset %d ms",
                          self.cfg.REST_BASE_URL, self.cfg.LEVERAGE, self.exchange.offset_ms)
                 return
@@ -509,24 +542,31 @@ class Bot:
                 await self.pause_unless_stopping(delay)
                 delay = min(delay * 2, 60.0)
 
-    async def resolve_intents(self) -> None:
+    async def resolve_intents(self, driver: OrderDriver) -> None:
         """Settle every order whose outcome was not recorded before the last stop."""
-        from livebroker import RESOLVE_MARGIN_MS, intent_from_row
-
         rows = await self.commit(lambda s: db.read_open_intents(s.conn))
         if not rows:
             return
         log.warning("%d order intent(s) without a known outcome: resolving them before trading", len(rows))
-        # Anything the previous process sent carries a timestamp before now: once recvWindow
-        # has passed on the server, an order the exchange does not know can never execute.
-        deadline = self.exchange.server_time_ms() + self.exchange.client.REQUEST_RECVWINDOW + RESOLVE_MARGIN_MS
         for row in rows:
-            res = await self.live.complete(intent_from_row(row), send_first=False, deadline_ms=deadline)
+            intent = intent_from_row(row)
+            # The previous process is gone: anything it sent carries a timestamp before now, so once
+            # recvWindow has passed on the server an order the exchange does not know never executed.
+            # Such an intent is still carried out if it is younger than INTENT_TTL_S.
+            res = await driver.complete(intent, look_up_first=True,
+                                        resend_ok=lambda it=intent: wall_age_s(it) < INTENT_TTL_S)
             log.warning("intent %s resolved: %s", row["client_order_id"], res.status)
 
-    async def run(self) -> int:
-        import sdnotify
+    def _start_user_stream(self, loop: asyncio.AbstractEventLoop) -> asyncio.Task:
+        ex = self.executor
+        self.user_stream = UserStream(
+            self.exchange, self.cfg.WS_BASE_URL, self.cfg.SYMBOL, on_order=ex.on_order_update,
+            on_position=ex.on_position,
+            on_reconnected=lambda: ex.request_reconcile("user-data stream reconnected", confirm=False),
+            max_age_s=self.cfg.WS_MAX_AGE_HOURS * 3600)
+        return loop.create_task(self.user_stream.run())
 
+    async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
@@ -535,23 +575,24 @@ class Bot:
         log.info("bollmin %s mode, %s %s, DB %s, state %s, position %s", self.mode, self.cfg.SYMBOL,
                  self.cfg.INTERVAL, self.cfg.DB_PATH, self.engine.state, self.ledger.qty)
         tasks = [loop.create_task(self.heartbeat()), loop.create_task(self.commands())]
+        executor_task = None
         code = EXIT_OK
         try:
             await self.setup_exchange()
             if not self.stopping.is_set():
-                feed_task = loop.create_task(self.feed.run())
-                tasks.append(feed_task)
+                if self.executor is not None:
+                    executor_task = loop.create_task(self.executor.run())
+                    tasks += [self._start_user_stream(loop), loop.create_task(self.periodic_reconcile())]
+                tasks.append(loop.create_task(self.feed.run()))
                 await self.stopping.wait()
         except Exception as exc:
-            from exchange import AccountSetupError
-
             if isinstance(exc, AccountSetupError):
                 log.critical("cannot trade: %s", exc)
                 code = EXIT_ACCOUNT
             else:
                 log.critical("bot crashed: %s: %s", type(exc).__name__, exc, exc_info=True)
                 code = EXIT_CRASH
-        await self.shutdown(tasks)
+        await self.shutdown(tasks, executor_task)
         return code
 
     def request_stop(self) -> None:
@@ -560,25 +601,29 @@ class Bot:
             self.stopping.set()
             self.feed.stop()
 
-    async def shutdown(self, tasks: list[asyncio.Task]) -> None:
-        import sdnotify
-
+    async def shutdown(self, tasks: list[asyncio.Task], executor_task: asyncio.Task | None) -> None:
         sdnotify.notify("STOPPING=1")
         self.stopping.set()
         self.feed.stop()
+        if self.user_stream is not None:
+            self.user_stream.stop()
         deadline = time.monotonic() + SHUTDOWN_BUDGET_S
-        if self.inflight is not None:
+        if executor_task is not None and self.executor is not None:
+            self.executor.stop()
             try:
-                await asyncio.wait_for(asyncio.shield(self.inflight), timeout=max(deadline - time.monotonic(), 0.1))
+                await asyncio.wait_for(asyncio.shield(executor_task), timeout=max(deadline - time.monotonic(), 0.1))
             except (TimeoutError, Exception) as exc:
-                log.error("order still in flight at shutdown (%s); it is resolved at the next start", exc)
+                log.error("order still in flight at shutdown (%s); it is resolved at the next start",
+                          type(exc).__name__)
+                executor_task.cancel()
+                await asyncio.gather(executor_task, return_exceptions=True)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.writer.post(db.Store.set_status, self.status_values() | {"connection": "stopped"})
         if self.exchange is not None:
             await self.exchange.close()
-        logging.getLogger().removeHandler(self.events)
+        remove_log_handler(self.events)
         if not self.writer.close(timeout=max(deadline - time.monotonic(), 0.5)):
             log.error("the database writer did not finish in time")
         log.info("stopped")
@@ -590,8 +635,8 @@ def _snapshot(ledger: Ledger) -> Ledger:
     return copy
 
 
-def _write_override(store, t: int, before: State, to: State, price: float, bands, cause: str) -> None:
-    store.add_transition(t, before, to, price, bands, cause)
+def _write_override(store, tid: int, t: int, before: State, to: State, price: float, bands, cause: str) -> None:
+    store.add_transition(t, before, to, price, bands, cause, transition_id=tid)
     store.set_status({"state": to.value})
 
 
@@ -639,12 +684,13 @@ def supervise(argv: list[str]) -> int:
 
 
 def main(cfg: Config) -> int:
-    import sdnotify
-
     setup_logging(cfg)
-    if cfg.AUTO_RESTART and not sdnotify.under_systemd() and not os.environ.get("BOLLMIN_SUPERVISED"):
-        return supervise([os.path.abspath(sys.argv[0]), *sys.argv[1:]])
-    return run_bot(cfg)
+    try:
+        if cfg.AUTO_RESTART and not sdnotify.under_systemd() and not os.environ.get("BOLLMIN_SUPERVISED"):
+            return supervise([os.path.abspath(sys.argv[0]), *sys.argv[1:]])
+        return run_bot(cfg)
+    finally:
+        stop_logging()
 
 
 __all__ = ["Bot", "main", "run_bot", "supervise"]

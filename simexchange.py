@@ -41,6 +41,7 @@ from aiohttp import web
 
 from history import INTERVAL_MS, Candle, HistoryError, read_candles
 from simmarket import Market, Replay, StreamHub, fmt_price
+from simuser import UserHub
 
 log = logging.getLogger("simexchange")
 _RAW = web.RequestKey("simexchange_raw", tuple)  # (raw query, raw body, params) of a REST request
@@ -163,7 +164,9 @@ class Faults:
     rate_count: int = 0
     rate_status: int = 429
     retry_after_s: int = 1
+    rate_path: str | None = None   # only requests to this path are limited (None: every signed request)
     skew_ms: int = 0
+    order_latency_ms: int = 0      # every order is answered this long after it executes
 
 
 @dataclass
@@ -307,6 +310,7 @@ class SimExchange:
         self.hub = StreamHub(self.market, queue_size)
         self.replay = Replay(self.market, self.hub, speed, paused)
         self.account = Account(self.symbol, balance, leverage, hedge_mode)
+        self.users = UserHub(self.server_time_ms)
         self.faults = Faults()
         self.requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=10_000)
         self.port: int | None = None
@@ -378,12 +382,19 @@ class SimExchange:
             ("GET", "/fapi/v1/positionSide/dual"): lambda p: {"dualSidePosition": self.account.hedge_mode},
             ("POST", "/fapi/v1/positionSide/dual"): self._set_dual_side,
         }
-        for table, is_signed in ((public, False), (signed, True)):
+        keyed = {  # API key, no signature: the user-data stream's listenKey
+            ("POST", "/fapi/v1/listenKey"): lambda p: self.users.create(),
+            ("PUT", "/fapi/v1/listenKey"): lambda p: self._listen_key_answer(self.users.keepalive(p.get("listenKey"))),
+            ("DELETE", "/fapi/v1/listenKey"): lambda p: self._listen_key_answer(self.users.delete(p.get("listenKey"))),
+        }
+        for table, auth in ((public, "none"), (signed, "signed"), (keyed, "key")):
             for (method, path), fn in table.items():
-                app.router.add_route(method, path, self._rest_handler(fn, is_signed))
-        for prefix in ("/market", "/public", "/private", ""):
+                app.router.add_route(method, path, self._rest_handler(fn, auth))
+        for prefix in ("/market", "/public", ""):
             for tail in ("/ws", "/ws/{streams:.*}", "/stream"):
                 app.router.add_get(prefix + tail, self.hub.handle)
+        for path in ("/private/ws", "/private/ws/{key}", "/private/stream"):
+            app.router.add_get(path, self.users.handle)
         app.router.add_route("*", "/_sim/{name}", self._control)
         return app
 
@@ -415,12 +426,14 @@ class SimExchange:
             await asyncio.sleep(self.faults.delay_ms / 1000)
         return response
 
-    def _rest_handler(self, fn: Any, is_signed: bool) -> Any:
+    def _rest_handler(self, fn: Any, auth: str) -> Any:
         async def handler(request: web.Request) -> web.StreamResponse:
             raw_query, raw_body, params = request[_RAW]
-            if is_signed:
-                self._check_rate_limit()
+            if auth == "signed":
+                self._check_rate_limit(request.path)
                 self._authenticate(request.headers.get("X-MBX-APIKEY"), raw_query, raw_body, params)
+            elif auth == "key":
+                self._check_api_key(request.headers.get("X-MBX-APIKEY"))
             result = fn(params)
             if asyncio.iscoroutine(result):
                 result = await result
@@ -428,9 +441,9 @@ class SimExchange:
 
         return handler
 
-    def _check_rate_limit(self) -> None:
+    def _check_rate_limit(self, path: str) -> None:
         f = self.faults
-        if f.rate_count <= 0:
+        if f.rate_count <= 0 or (f.rate_path is not None and path != f.rate_path):
             return
         f.rate_count -= 1
         if f.rate_status == 418:
@@ -442,12 +455,22 @@ class SimExchange:
                    "Please use the websocket for live updates to avoid polling the API.")
         raise _RateLimited(f.rate_status, msg, f.retry_after_s)
 
-    def _authenticate(self, key: str | None, raw_query: str, raw_body: str, params: dict[str, str]) -> None:
-        """API key, then signature, then the recvWindow rule (BINANCE.md)."""
+    def _check_api_key(self, key: str | None) -> None:
         if not key:
             raise ApiError(401, -2014, "API-key format invalid.")
         if not hmac.compare_digest(key.encode(), self.api_key.encode()):
             raise ApiError(401, -2015, "Invalid API-key, IP, or permissions for action.")
+
+    @staticmethod
+    def _listen_key_answer(answer: tuple[int, dict[str, Any]]) -> dict[str, Any]:
+        status, body = answer
+        if status != 200:
+            raise ApiError(status, body["code"], body["msg"])
+        return body
+
+    def _authenticate(self, key: str | None, raw_query: str, raw_body: str, params: dict[str, str]) -> None:
+        """API key, then signature, then the recvWindow rule (Binance's signed-endpoint rules)."""
+        self._check_api_key(key)
         payload, signature = split_signature(raw_query, raw_body)
         if not signature:
             raise _missing("signature")
@@ -498,7 +521,7 @@ class SimExchange:
         return self.market.kline_rows(length, start, end, limit)
 
     # -- orders ------------------------------------------------------------------------
-    def _new_order(self, params: dict[str, str]) -> dict[str, Any]:
+    async def _new_order(self, params: dict[str, str]) -> dict[str, Any]:
         f = self.faults
         if f.reject_orders > 0:
             f.reject_orders -= 1
@@ -512,7 +535,10 @@ class SimExchange:
                     pass
             code = -1000 if f.fail_code is None else f.fail_code
             raise ApiError(f.fail_status, code, TIMEOUT_1007 if code == -1007 else UNKNOWN_503)
-        return self._place(params)
+        reply = self._place(params)
+        if f.order_latency_ms > 0:  # executed now, answered later (a distant client's round trip)
+            await asyncio.sleep(f.order_latency_ms / 1000)
+        return reply
 
     def _place(self, params: dict[str, str]) -> dict[str, Any]:
         """Validate like Binance (in roughly its order), then fill the MARKET order in full."""
@@ -568,6 +594,7 @@ class SimExchange:
                 raise ApiError(400, -2019, "Margin is insufficient.")
         order = acct.fill(side, qty, price, position_side, reduce_only,
                           client_id or secrets.token_urlsafe(16)[:22], self.server_time_ms())
+        self._user_events(order, position_side)
         log.info("order %d: %s %s %s at %s (%s)", order["orderId"], side, qty, self.symbol, price,
                  order["clientOrderId"])
         return new_order_reply(order, resp_type)
@@ -738,8 +765,9 @@ class SimExchange:
             "hedge_mode": acct.hedge_mode, "leverage": acct.leverage,
             "position": positions["BOTH"], "positions": positions,
             "balance": _plain(acct.wallet, 8), "orders": len(acct.orders), "trades": len(acct.trades),
-            "requests": len(self.requests),
-        }
+            "requests": len(self.requests), "order_latency_ms": self.faults.order_latency_ms,
+            "burst": self.replay.burst,
+        } | self.users.state()
 
     async def _control(self, request: web.Request) -> web.Response:
         body: Any = {}
@@ -797,7 +825,14 @@ class SimExchange:
         return {"emitted": emitted, **self.state()}
 
     def _sim_post_drop(self, body: dict) -> dict:
-        return {"dropped": self.hub.drop_all()}
+        """Cut connections like a network failure: ``route`` market (default), private or all."""
+        route = body.get("route", "market")
+        if route not in ("market", "private", "all"):
+            raise ValueError("route must be 'market', 'private' or 'all'")
+        dropped = self.hub.drop_all() if route in ("market", "all") else 0
+        if route in ("private", "all"):
+            dropped += self.users.drop_all()
+        return {"dropped": dropped}
 
     def _sim_post_stall(self, body: dict) -> dict:
         self.hub.stalled = _flag(body, "on")
@@ -840,7 +875,11 @@ class SimExchange:
             raise ValueError("status must be 429 or 418")
         f = self.faults
         f.rate_count, f.rate_status, f.retry_after_s = _count(body), status, int(body.get("retry_after", 1))
-        return {"count": f.rate_count, "status": status, "retry_after": f.retry_after_s}
+        path = body.get("path")
+        if path is not None and not (isinstance(path, str) and path.startswith("/fapi/")):
+            raise ValueError("path must be a REST path such as '/fapi/v1/order'")
+        f.rate_path = path
+        return {"count": f.rate_count, "status": status, "retry_after": f.retry_after_s, "path": path}
 
     def _sim_post_time_skew(self, body: dict) -> dict:
         self.faults.skew_ms = int(body["ms"])
@@ -859,7 +898,60 @@ class SimExchange:
         entry = body.get("entry_price")
         pos.entry = ZERO if pos.amt == 0 else (self.price() if entry is None else Decimal(str(entry)))
         pos.update_ms = self.server_time_ms()
+        reason = str(body.get("reason", "ADJUSTMENT"))
+        self.users.position_event(self._position_payload(side), _plain(self.account.wallet, 8), reason)
         return self.state()
+
+    def _sim_post_external_order(self, body: dict) -> dict:
+        """A MARKET order placed outside the bot (the Binance app, a liquidation with client id
+        ``autoclose-…``, ADL ``adl_autoclose``): it fills at the last price and the user-data
+        stream reports it. Body: ``side`` BUY|SELL, ``qty`` (default: the whole position, closing it),
+        optional ``client_id``, ``reduce_only``."""
+        acct = self.account
+        pos = acct.positions["BOTH"]
+        side = body.get("side") or ("SELL" if pos.amt > 0 else "BUY")
+        if side not in ("BUY", "SELL"):
+            raise ValueError("side must be BUY or SELL")
+        qty = Decimal(str(body["qty"])) if body.get("qty") is not None else abs(pos.amt)
+        if qty <= 0:
+            raise _ControlError("nothing to do: no position and no qty", 409)
+        client_id = str(body.get("client_id") or f"web_{secrets.token_hex(8)}")
+        reduce_only = bool(body.get("reduce_only", body.get("qty") is None))
+        order = acct.fill(side, qty, self.price(), "BOTH", reduce_only, client_id, self.server_time_ms())
+        self._user_events(order, "BOTH", "LIQUIDATION" if client_id.startswith("autoclose-") else "MARKET")
+        log.info("external order %d: %s %s %s (%s)", order["orderId"], side, qty, self.symbol, client_id)
+        return {"order": order, **self.state()}
+
+    def _sim_post_expire_listen_key(self, body: dict) -> dict:
+        """The listenKey expires: ``{"notify": false}`` skips the listenKeyExpired event (a key
+        that silently lapsed; the next keep-alive gets -1125)."""
+        return {"silenced": self.users.expire(bool(body.get("notify", True))), **self.state()}
+
+    def _sim_post_order_latency(self, body: dict) -> dict:
+        ms = int(body["ms"])
+        if not 0 <= ms <= 60_000:
+            raise ValueError("ms must be between 0 and 60000")
+        self.faults.order_latency_ms = ms
+        return self.state()
+
+    def _sim_post_burst(self, body: dict) -> dict:
+        """Replay in bursts: ``ticks`` back to back every ``every_ms`` (0 ticks: back to --speed pacing)."""
+        ticks, every = int(body.get("ticks", 0)), int(body.get("every_ms", 1000))
+        if not 0 <= ticks <= 100_000 or not 1 <= every <= 60_000:
+            raise ValueError("ticks must be 0..100000 and every_ms 1..60000")
+        self.replay.set_burst(ticks, every)
+        return self.state()
+
+    # -- user-data events -----------------------------------------------------------------
+    def _position_payload(self, side: str) -> dict[str, Any]:
+        p, mark = self.account.positions[side], self.price()
+        return {"s": self.symbol, "pa": _plain(p.amt, 3), "ep": _short(p.entry), "bep": _short(p.entry),
+                "cr": "0", "up": _plain((mark - p.entry) * p.amt, 8), "mt": "cross", "iw": "0", "ps": side}
+
+    def _user_events(self, order: dict[str, Any], side: str, order_type: str = "MARKET") -> None:
+        trade = self.account.trades[-1]
+        self.users.order_events(order, trade, self._position_payload(side), _plain(self.account.wallet, 8),
+                                order_type=order_type)
 
 
 class _ControlError(Exception):

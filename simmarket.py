@@ -486,12 +486,17 @@ async def _close_quietly(ws: Any, code: int, message: bytes) -> None:
 
 
 class Replay:
-    """Paces the ticks: ``speed`` × real time by data timestamps; 0 = as fast as possible."""
+    """Paces the ticks: ``speed`` × real time by data timestamps; 0 = as fast as possible.
+
+    Burst mode (``set_burst``) instead sends ``ticks`` back to back every ``every_ms`` of wall
+    time — a market that prints hundreds of trades at once when price runs through a band.
+    """
 
     def __init__(self, market: Market, hub: StreamHub, speed: float = 1.0, paused: bool = False) -> None:
         self.market, self.hub = market, hub
         self.speed = check_speed(speed)
         self.paused = paused
+        self.burst: dict[str, int] | None = None
         self.lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._anchor = (0.0, 0)  # (loop time, data time) the pacing counts from
@@ -510,6 +515,10 @@ class Replay:
 
     def set_speed(self, speed: float) -> None:
         self.speed = check_speed(speed)
+        self._reanchor()
+
+    def set_burst(self, ticks: int, every_ms: int) -> None:
+        self.burst = {"ticks": ticks, "every_ms": every_ms} if ticks > 0 else None
         self._reanchor()
 
     async def emit(self, n: int = 1) -> int:
@@ -531,6 +540,13 @@ class Replay:
             self._wake.clear()
             if self.paused:
                 await self._wake.wait()
+                continue
+            if self.burst is not None:
+                await self.emit(self.burst["ticks"])
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.burst["every_ms"] / 1000)
+                except TimeoutError:
+                    pass
                 continue
             if self.speed == 0:
                 await self.hub.wait_for_room()

@@ -11,10 +11,10 @@ transaction (not ``executescript``, which commits on its own).
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import logging
 import os
-import queue
 import secrets
 import sqlite3
 import threading
@@ -116,7 +116,24 @@ SCHEMA_V1 = (
         FROM orders WHERE status = 'filled'""",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (SCHEMA_V1,)  # index i upgrades user_version i -> i+1
+# v2: position mismatches between the bot and the exchange, one row each (what the bot held,
+# what the exchange said, what it adopted). Shown on the dashboard; events carry the same as text.
+SCHEMA_V2 = (
+    """CREATE TABLE reconciliations (
+        id INTEGER PRIMARY KEY,
+        time_ms INTEGER NOT NULL,            -- wall clock when the mismatch was resolved
+        why TEXT NOT NULL,                   -- startup | reconnect | periodic | user stream | after a failed order ...
+        stored_qty REAL NOT NULL,            -- signed position the bot held (base asset, < 0 short)
+        exchange_qty REAL NOT NULL,          -- signed position the exchange reported
+        exchange_entry_price REAL,
+        stored_state TEXT NOT NULL,
+        adopted_state TEXT NOT NULL,
+        rule TEXT NOT NULL                   -- RECONCILE_RULE in force: exchange | pause
+    )""",
+    "CREATE INDEX reconciliations_by_time ON reconciliations(time_ms)",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (SCHEMA_V1, SCHEMA_V2)  # index i upgrades user_version i -> i+1
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -218,14 +235,23 @@ class Store:
         )
 
     def add_transition(self, time_ms: int, from_state: str, to_state: str, price: float,
-                       bands: Sequence[float] | None, cause: str = "tick") -> int:
+                       bands: Sequence[float] | None, cause: str = "tick", transition_id: int | None = None) -> int:
+        """Insert a transition; ``transition_id`` when the caller numbered it (see ``next_transition_id``)."""
         up, mid, dn = bands if bands is not None else (None, None, None)
         cur = self.conn.execute(
-            "INSERT INTO transitions(time_ms, from_state, to_state, price, band_up, band_mid, band_dn, cause)"
-            " VALUES (?,?,?,?,?,?,?,?)",
-            (time_ms, str(from_state), str(to_state), price, up, mid, dn, cause),
+            "INSERT INTO transitions(id, time_ms, from_state, to_state, price, band_up, band_mid, band_dn, cause)"
+            " VALUES (?,?,?,?,?,?,?,?,?)",
+            (transition_id, time_ms, str(from_state), str(to_state), price, up, mid, dn, cause),
         )
         return int(cur.lastrowid)
+
+    def add_reconciliation(self, why: str, stored_qty: float, exchange_qty: float, entry_price: float | None,
+                           stored_state: str, adopted_state: str, rule: str) -> None:
+        self.conn.execute(
+            "INSERT INTO reconciliations(time_ms, why, stored_qty, exchange_qty, exchange_entry_price, stored_state,"
+            " adopted_state, rule) VALUES (?,?,?,?,?,?,?,?)",
+            (now_ms(), why, stored_qty, exchange_qty, entry_price, str(stored_state), str(adopted_state), rule),
+        )
 
     def add_order(self, *, client_order_id: str, transition_id: int | None, time_ms: int, symbol: str,
                   action: str, reason: str, side: str, qty: float, reduce_only: bool, paper: bool,
@@ -282,7 +308,7 @@ class Store:
 
     def clear_trading_data(self) -> None:
         """Delete every candle, order, fill, transition, event and command (keeps db_id)."""
-        for table in ("fills", "orders", "transitions", "events", "candles", "commands"):
+        for table in ("fills", "orders", "transitions", "events", "candles", "commands", "reconciliations"):
             self.conn.execute(f"DELETE FROM {table}")
         self.conn.execute("DELETE FROM status WHERE key != 'db_id'")
 
@@ -301,6 +327,20 @@ class _Tx:
 
 
 # ---- reads (any connection, read-only included) ---------------------------------------------
+
+def next_transition_id(conn: sqlite3.Connection) -> int:
+    """The id the next transition gets: the bot numbers transitions itself, so a decision can
+    name its orders (client order ids) before its row is committed."""
+    return int(conn.execute("SELECT coalesce(max(id), 0) + 1 FROM transitions").fetchone()[0])
+
+
+def read_reconciliations(conn: sqlite3.Connection, limit: int = 20) -> list[dict[str, Any]]:
+    """Newest first; empty for a DB from before the table existed."""
+    try:
+        return [dict(r) for r in conn.execute("SELECT * FROM reconciliations ORDER BY id DESC LIMIT ?", (limit,))]
+    except sqlite3.OperationalError:
+        return []
+
 
 def read_status(conn: sqlite3.Connection) -> dict[str, str]:
     """The status table as a dict of text values."""
@@ -416,65 +456,97 @@ class Writer:
     """The one writer: a thread that owns a ``Store`` and runs submitted calls in order.
 
     ``submit(fn, ...)`` returns a Future (await it with ``asyncio.wrap_future`` when the write
-    must be committed before going on, e.g. an order intent); ``post`` is fire-and-forget.
+    must be committed before going on); ``post`` is fire-and-forget. Two lanes: with
+    ``urgent=True`` a write goes to the **priority lane**, so what the order path waits for
+    (an intent before it is sent, a fill) never queues behind heartbeats, events or candles;
+    an urgent ``post`` lands before, or in the same transaction as, the next urgent write (a
+    fill recorded together with the next order's intent). Within a lane, calls run in order.
+
     Each call runs in a savepoint of its own; the calls queued at the moment are committed
-    together (a burst costs one commit, so the queue cannot pile up). A locked or full DB is
-    retried with backoff, so writes wait instead of being lost, and the event loop is never
-    blocked.
+    together (a burst costs one commit, so the queue cannot pile up). A priority write that
+    arrives during a normal batch cuts the batch short at the next call boundary. A locked or
+    full DB is retried with backoff, so writes wait instead of being lost, and the event loop
+    is never blocked.
     """
 
     def __init__(self, path: str, on_error: Callable[[str], None] | None = None) -> None:
         self.store = Store(path)
-        self._queue: queue.Queue[Any] = queue.Queue()
+        self._urgent: collections.deque[Any] = collections.deque()
+        self._normal: collections.deque[Any] = collections.deque()
+        self._cv = threading.Condition(threading.Lock())
         self._on_error = on_error
         self._thread = threading.Thread(target=self._run, name="bollmin-db-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
-        """Run ``fn(store, *args, **kwargs)`` in one transaction on the writer thread."""
+    def _put(self, item: Any, urgent: bool) -> None:
+        with self._cv:
+            (self._urgent if urgent else self._normal).append(item)
+            self._cv.notify()
+
+    def submit(self, fn: Callable[..., Any], *args: Any, urgent: bool = False,
+               **kwargs: Any) -> concurrent.futures.Future[Any]:
+        """Run ``fn(store, *args, **kwargs)``; the Future resolves after COMMIT (priority lane if ``urgent``)."""
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._queue.put((fn, args, kwargs, fut))
+        self._put((fn, args, kwargs, fut), urgent)
         return fut
 
-    def post(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        self._queue.put((fn, args, kwargs, None))
+    def post(self, fn: Callable[..., Any], *args: Any, urgent: bool = False, **kwargs: Any) -> None:
+        """Run ``fn(store, *args, **kwargs)`` later without waiting (normal lane unless ``urgent``)."""
+        self._put((fn, args, kwargs, None), urgent)
 
     @property
     def backlog(self) -> int:
-        return self._queue.qsize()
+        return len(self._urgent) + len(self._normal)
 
     def close(self, timeout: float = 8.0) -> bool:
         """Flush what is queued, then stop. True when everything was written."""
-        self._queue.put(_STOP)
+        self._put(_STOP, False)
         self._thread.join(timeout)
         done = not self._thread.is_alive()
         if done:
             self.store.close()
         return done
 
+    def _take(self) -> tuple[list[Any], bool]:
+        """The next batch: every priority write, else up to _BATCH_MAX normal ones."""
+        with self._cv:
+            while not self._urgent and not self._normal:
+                self._cv.wait()
+            if self._urgent:
+                batch = list(self._urgent)
+                self._urgent.clear()
+                return batch, True
+            batch = []
+            while self._normal and len(batch) < _BATCH_MAX:
+                batch.append(self._normal.popleft())
+            return batch, False
+
     def _run(self) -> None:
         while True:
-            batch = [self._queue.get()]
-            while len(batch) < _BATCH_MAX:  # a burst of writes goes in one transaction
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            batch, urgent = self._take()
             stop = _STOP in batch
             if stop:
                 batch = batch[:batch.index(_STOP)]
             live = [item for item in batch if item[3] is None or item[3].set_running_or_notify_cancel()]
             if live:
-                self._run_batch(live)
+                rest = self._run_batch(live, interruptible=not urgent)
+                if rest:  # cut short by a priority write: put the rest back, in order, first in line
+                    with self._cv:
+                        self._normal.extendleft(reversed(rest))
             if stop:
+                if self._urgent or self._normal:
+                    self._put(_STOP, False)  # finish what was queued behind the cut first
+                    continue
                 return
 
-    def _run_batch(self, batch: list[tuple[Any, ...]]) -> None:
+    def _run_batch(self, batch: list[tuple[Any, ...]], interruptible: bool = False) -> list[tuple[Any, ...]]:
         """Run queued calls in one transaction, each in a savepoint of its own.
 
         A call that raises is rolled back alone (its future gets the error); a locked, busy or
         full DB rolls the whole batch back and retries it with backoff, so nothing is lost.
-        Futures resolve only after COMMIT: "committed" means on disk.
+        Futures resolve only after COMMIT: "committed" means on disk. With ``interruptible``,
+        a priority write arriving meanwhile ends the batch early; the calls not run are
+        returned.
         """
         conn = self.store.conn
         delay = 0.05
@@ -483,6 +555,8 @@ class Writer:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 for fn, args, kwargs, _fut in batch:
+                    if interruptible and results and self._urgent:
+                        break
                     conn.execute("SAVEPOINT one_write")
                     try:
                         value = fn(self.store, *args, **kwargs)
@@ -510,15 +584,16 @@ class Writer:
                 for *_rest, fut in batch:
                     if fut is not None:
                         fut.set_exception(exc)
-                return
-            for (*_rest, fut), (ok, value) in zip(batch, results, strict=True):
+                return []
+            done = len(results)
+            for (*_rest, fut), (ok, value) in zip(batch[:done], results, strict=True):
                 if fut is None:
                     continue
                 if ok:
                     fut.set_result(value)
                 else:
                     fut.set_exception(value)
-            return
+            return batch[done:]
 
     def _report(self, message: str) -> None:
         log.error(message)

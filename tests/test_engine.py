@@ -182,17 +182,14 @@ def test_at_most_one_transition_per_tick(start, price, to, orders):
     assert nxt is not None and nxt.from_state is to and nxt.orders == ()
 
 
-def test_hold_freezes_the_table_but_not_the_prices():
+def test_every_tick_is_evaluated_with_no_pause_between_transitions():
+    """The table never waits for orders: back-to-back ticks give back-to-back transitions."""
     e = engine()
-    e.hold = True
-    assert e.on_trade(F + 10, HIGH) is None
-    assert e.state is State.FLAT
-    assert e.last_price == HIGH and e.last_bands == pytest.approx(bands_of(CLOSES, HIGH), rel=1e-12)
-    e.on_trade(F + I_MS + 10, HIGH)  # the clock still runs while held
-    assert e.boll.closed[-1] == HIGH and e.state is State.FLAT
-    e.hold = False
-    tr = e.on_trade(F + I_MS + 20, LOW)
-    assert tr is not None and tr.from_state is State.FLAT and tr.to_state is State.FLAT_BELOW_DN
+    seen = [e.on_trade(F + 10 + i, p) for i, p in enumerate((HIGH, INSIDE, HIGH, INSIDE))]
+    assert [(t.from_state, t.to_state) for t in seen] == [
+        (State.FLAT, State.FLAT_ABOVE_UP), (State.FLAT_ABOVE_UP, State.SHORT),
+        (State.SHORT, State.FLAT_ABOVE_UP), (State.FLAT_ABOVE_UP, State.SHORT)]
+    assert not hasattr(e, "hold")
 
 
 def test_no_trading_until_period_minus_one_closed_candles():

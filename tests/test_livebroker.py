@@ -10,12 +10,12 @@ import pytest
 from harness import API_KEY, API_SECRET, DATA_1M, ctl
 
 import store as db
-from broker import Ledger, OrderSizeError, order_qty
+from broker import Ledger, OrderSizeError, order_qty, record_transition
 from config import load_config
 from engine import Transition
 from exchange import AccountSetupError, Exchange
 from indicators import Bands
-from livebroker import LiveBroker, write_transition
+from livebroker import OrderDriver, new_intent, write_intent
 from simexchange import SimExchangeThread
 from state import Action, Order, Reason, State
 
@@ -34,7 +34,7 @@ def _cfg(sim, tmp_path, **extra):
 
 
 class Rig:
-    """An Exchange + LiveBroker + DB writer inside one event loop."""
+    """An Exchange + OrderDriver + DB writer inside one event loop."""
 
     def __init__(self, cfg, recv_window_ms: int = 1000) -> None:
         self.cfg = cfg
@@ -46,16 +46,19 @@ class Rig:
         self.sleeps: list[float] = []
         db_id = self.writer.submit(lambda s: db.read_status(s.conn)["db_id"]).result()
         self.db_id = db_id
-        self.broker = LiveBroker(self.ex, self.submit, self.ledger, db_id=db_id, symbol=cfg.SYMBOL,
-                                 amount_usdt=cfg.TRADE_AMOUNT_USDT,
-                                 on_event=lambda lvl, msg: self.events.append((lvl, msg)), sleep=self._sleep)
+        self.tid = 0
+        self.broker = OrderDriver(self.ex, self.submit, self.post, self.ledger, symbol=cfg.SYMBOL,
+                                  on_event=lambda lvl, msg: self.events.append((lvl, msg)), sleep=self._sleep)
 
     async def _sleep(self, s: float) -> None:
         self.sleeps.append(s)
         await asyncio.sleep(s)
 
     async def submit(self, fn, *a, **k):
-        return await asyncio.wrap_future(self.writer.submit(fn, *a, **k))
+        return await asyncio.wrap_future(self.writer.submit(fn, *a, urgent=True, **k))
+
+    def post(self, fn, *a, **k):
+        self.writer.post(fn, *a, urgent=True, **k)
 
     async def setup(self):
         await self.ex.sync_time()
@@ -64,13 +67,16 @@ class Rig:
     async def order(self, action: Action, reason: Reason = Reason.ENTRY, price: float = 95000.0):
         tr = Transition(1746376380000, State.FLAT_BELOW_DN, State.LONG, price, Bands(1, 1, 1),
                         (Order(action, reason),))
-        intents = self.broker.make_intents(tr, tr.orders)
-        if not intents and action.closes:  # closing with nothing held: force a reduce-only order
-            from livebroker import Intent
-
-            intents = [Intent("", action, reason, Decimal("0.002"), True, price, tr.time_ms, "c")]
-        await self.submit(write_transition, tr, "tick", intents[0], symbol=self.cfg.SYMBOL, db_id=self.db_id)
-        return await self.broker.complete(intents[0])
+        if action.closes:  # closing: the held quantity, or a small reduce-only order when nothing is held
+            qty = self.ex.rules.floor_qty(Decimal(repr(abs(self.ledger.qty)))) or Decimal("0.002")
+        else:
+            qty = order_qty(self.cfg.TRADE_AMOUNT_USDT, price, self.ex.rules)
+        self.tid += 1
+        intent = new_intent(self.db_id, self.tid, action, reason, qty, price, tr.time_ms)
+        await self.submit(record_transition, tr, [], db_id=self.db_id, symbol=self.cfg.SYMBOL, paper=False,
+                          ledger=None, transition_id=self.tid)
+        await self.submit(write_intent, intent, symbol=self.cfg.SYMBOL)
+        return await self.broker.complete(intent)
 
     async def close(self):
         await self.ex.close()

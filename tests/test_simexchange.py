@@ -730,3 +730,78 @@ def test_set_position_is_what_the_account_endpoints_show(sim):
 
     asyncio.run(main())
     assert state(sim)["position"] == {"amt": "0.000", "entry_price": "0.0"}
+
+
+# -- user-data stream -----------------------------------------------------------------------
+
+ORDER_UPDATE_KEYS = {"s", "c", "S", "o", "f", "q", "p", "ap", "sp", "x", "X", "i", "l", "z", "L", "T", "t", "b", "a",
+                     "m", "R", "wt", "ot", "ps", "cp", "rp", "pP", "si", "ss", "V", "pm", "gtd", "er"}
+POSITION_KEYS = {"s", "pa", "ep", "bep", "cr", "up", "mt", "iw", "ps"}
+
+
+def test_user_data_stream_pushes_orders_and_positions_in_binances_shapes(sim):
+    async def main():
+        async with binance(sim) as client:
+            key = await client.futures_stream_get_listen_key()
+            assert key == await client.futures_stream_get_listen_key(), "one active key per account"
+            async with websockets.connect(f"{sim.ws_url}/private/ws?listenKey={key}") as ws:
+                await market_buy(client, "0.003", newClientOrderId="bm-x-1-o", newOrderRespType="RESULT")
+                new, trade, account = await recv(ws), await recv(ws), await recv(ws)
+                assert (new["e"], new["o"]["x"], new["o"]["X"]) == ("ORDER_TRADE_UPDATE", "NEW", "NEW")
+                assert (trade["o"]["x"], trade["o"]["X"], trade["o"]["c"]) == ("TRADE", "FILLED", "bm-x-1-o")
+                assert set(trade["o"]) >= ORDER_UPDATE_KEYS and trade["o"]["N"] == "USDT"
+                fee = Decimal(trade["o"]["ap"]) * Decimal("0.003") * Decimal("0.0005")
+                assert Decimal(trade["o"]["n"]) == fee.quantize(Decimal("1e-8"))
+                assert account["e"] == "ACCOUNT_UPDATE" and account["a"]["m"] == "ORDER"
+                [pos] = account["a"]["P"]
+                assert set(pos) == POSITION_KEYS and (pos["s"], pos["pa"], pos["ps"]) == ("BTCUSDT", "0.003", "BOTH")
+                # An order from outside (the Binance app) closes it: the stream says so too.
+                await asyncio.to_thread(control, sim, "/_sim/external_order", {})
+                new, trade, account = await recv(ws), await recv(ws), await recv(ws)
+                assert trade["o"]["c"].startswith("web_") and trade["o"]["S"] == "SELL" and trade["o"]["R"] is True
+                assert account["a"]["P"][0]["pa"] == "0.000"
+                await asyncio.to_thread(control, sim, "/_sim/set_position", {"amt": "-0.001", "reason": "ADL"})
+                adl = await recv(ws)
+                assert adl["a"]["m"] == "ADL" and adl["a"]["P"][0]["pa"] == "-0.001"
+                await asyncio.to_thread(control, sim, "/_sim/expire_listen_key")
+                expired = await recv(ws)
+                assert expired["e"] == "listenKeyExpired"
+                await assert_silent(ws)
+            err = await api_error(client.futures_stream_keepalive(key))
+            assert err.code == -1125
+
+    asyncio.run(main())
+
+
+def test_listen_key_needs_the_api_key_and_a_bad_key_cannot_connect(sim):
+    async def main():
+        async with binance(sim, key="wrong-key") as client:
+            assert (await api_error(client.futures_stream_get_listen_key())).code == -2015
+        with pytest.raises(websockets.InvalidStatus):
+            async with websockets.connect(f"{sim.ws_url}/private/ws?listenKey=nope"):
+                pass
+
+    asyncio.run(main())
+
+
+def test_order_latency_answers_late_but_executes_at_once(sim):
+    async def main():
+        control(sim, "/_sim/order_latency", {"ms": 300})
+        async with binance(sim) as client:
+            started = time.monotonic()
+            await market_buy(client, "0.002", newOrderRespType="RESULT")
+            assert time.monotonic() - started >= 0.3
+
+    asyncio.run(main())
+
+
+def test_bursts_send_many_ticks_back_to_back(sim):
+    async def main():
+        async with websockets.connect(f"{sim.ws_url}/market/ws/btcusdt@aggTrade") as ws:
+            await asyncio.to_thread(control, sim, "/_sim/burst", {"ticks": 50, "every_ms": 60_000})
+            await asyncio.to_thread(control, sim, "/_sim/resume")
+            got = [await recv(ws) for _ in range(50)]
+            assert len({t["a"] for t in got}) == 50
+            await assert_silent(ws, 0.5)  # the next burst is a minute away
+
+    asyncio.run(main())

@@ -378,3 +378,52 @@ def test_writer_batch_a_failing_write_loses_nothing_else(tmp_path):
         assert [r[0] for r in conn.execute("SELECT message FROM events ORDER BY id")] == ["first", "second"]
     finally:
         conn.close()
+
+
+def test_urgent_writes_overtake_queued_normal_ones_and_keep_their_own_order(tmp_path):
+    """The priority lane: an order intent never waits behind a pile of heartbeats and events."""
+    path = str(tmp_path / "u.db")
+    w = Writer(path)
+    gate = threading.Event()
+    try:
+        w.post(lambda s: gate.wait(10))  # hold the writer so that both lanes fill up
+        for i in range(500):
+            w.post(_event, f"n{i}")
+        w.post(_event, "u0", urgent=True)
+        last = w.submit(_event, "u1", urgent=True)
+        gate.set()
+        last.result(timeout=10)
+    finally:
+        assert w.close()
+    reader = sqlite3.connect(path)
+    messages = [r[0] for r in reader.execute("SELECT message FROM events ORDER BY id")]
+    reader.close()
+    assert messages[:2] == ["u0", "u1"], "urgent writes go first, in their own order"
+    assert messages[2:] == [f"n{i}" for i in range(500)], "normal writes keep their order and none is lost"
+
+
+def test_an_urgent_write_cuts_a_long_normal_batch_short(tmp_path):
+    path = str(tmp_path / "c.db")
+    w = Writer(path)
+    hold, started, gate = threading.Event(), threading.Event(), threading.Event()
+    try:
+        def slow_first(s):
+            started.set()
+            gate.wait(10)
+
+        w.post(lambda s: hold.wait(10))  # a batch of its own while the next one is queued whole
+        w.post(slow_first)
+        for i in range(300):
+            w.post(_event, f"n{i}")
+        hold.set()
+        assert started.wait(10)  # the writer is inside the batch [slow_first, n0 .. n299] now
+        fut = w.submit(_event, "urgent", urgent=True)
+        gate.set()
+        row_id = fut.result(timeout=10)
+    finally:
+        assert w.close()
+    reader = sqlite3.connect(path)
+    messages = [r[0] for r in reader.execute("SELECT message FROM events ORDER BY id")]
+    reader.close()
+    assert row_id == 1 and messages[0] == "urgent", "committed at the next write boundary, not after the batch"
+    assert messages[1:] == [f"n{i}" for i in range(300)]
