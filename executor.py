@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
+import timing
 from broker import Ledger, OrderSizeError, SymbolRules, ledger_status, order_qty
 from exchange import Exchange
 from livebroker import LegResult, OrderDriver, new_intent, write_intent
@@ -260,9 +261,6 @@ class Executor:
                 if not qty:
                     log.info("%s (%s): no position to close", leg.action, leg.reason)
                     continue
-                if late_s > self.settings.max_entry_delay_s:
-                    log.warning("sending %s (%s) decided %.1f s ago at %s: closes always go out", leg.action,
-                                leg.reason, late_s, job.price)
             else:
                 blocked, cause = self.bot.entries_blocked(), "paused"
                 if late_s > self.settings.max_entry_delay_s:
@@ -275,15 +273,22 @@ class Executor:
                 qty = leg.qty  # type: ignore[assignment]
             intent = new_intent(self.settings.db_id, job.transition_id, leg.action, leg.reason, qty, job.price,
                                 job.time_ms)
+            if timing.ON:
+                timing.mark("commit", intent.client_order_id)
             await self.driver.submit(write_intent, intent, symbol=self.settings.symbol)
+            if timing.ON:
+                timing.mark("committed", intent.client_order_id)
             intent.created_wall_s = time.time()
-            if not leg.action.closes and self.clock() - job.decided_mono > self.settings.max_entry_delay_s:
-                # The commit itself took too long (a full or locked disk): the entry went stale.
-                await self.driver.submit(_mark_stale, intent.client_order_id)
-                log.error("entry %s not sent: the database took %.1f s to record it", intent.client_order_id,
-                          self.clock() - job.decided_mono)
-                self._resettle("the entry before it went stale while being recorded", "stale")
-                return results
+            late_s = self.clock() - job.decided_mono  # the commit itself may have waited (a full or locked disk)
+            if late_s > self.settings.max_entry_delay_s:
+                if not leg.action.closes:
+                    await self.driver.submit(_mark_stale, intent.client_order_id)
+                    log.error("entry %s not sent: decided %.1f s ago at %s, more than MAX_ENTRY_DELAY_SECONDS",
+                              intent.client_order_id, late_s, job.price)
+                    self._resettle("the entry before it went stale while being recorded", "stale")
+                    return results
+                log.warning("sending %s (%s) decided %.1f s ago at %s: closes always go out", leg.action, leg.reason,
+                            late_s, job.price)
             res = await self.driver.complete(intent, resend_ok=self._resend_ok(job, leg))
             results.append(res)
             if res.status is not OrderStatus.FILLED:

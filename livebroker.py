@@ -22,6 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 import orders as lifecycle
+import timing
 from broker import Ledger, client_order_id, ledger_status
 from exchange import ApiError, Exchange, Outcome, classify
 from orders import OrderStatus
@@ -147,8 +148,12 @@ class OrderDriver:
         ex = self.exchange
         try:
             fault("after_intent")
+            if timing.ON:
+                timing.mark("send", intent.client_order_id)
             res = await ex.place_market(intent.action.side, ex.rules.format_qty(intent.qty), intent.reduce_only,
                                         intent.client_order_id)
+            if timing.ON:
+                timing.mark("answered", intent.client_order_id)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

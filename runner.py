@@ -31,6 +31,7 @@ import psutil
 
 import sdnotify
 import store as db
+import timing
 from broker import (
     Ledger,
     PaperBroker,
@@ -283,6 +284,8 @@ class Bot:
 
     # ---- market data -----------------------------------------------------------------------------
     def on_trade(self, time_ms: int, price: float) -> None:
+        if timing.ON:
+            timing.mark("tick", time_ms)
         try:
             tr = self.engine.on_trade(time_ms, price)
             if tr is not None:
@@ -371,11 +374,15 @@ class Bot:
         elif self.paper:
             refused = self._paper(tr, orders, tid)
         else:
+            if timing.ON:
+                timing.mark("decided", tr.time_ms)
             legs, refused = self.executor.plan(tr.price, orders)
             self.post_urgent(record_transition, tr, [], db_id=self.db_id, symbol=self.cfg.SYMBOL, paper=False,
                              ledger=None, transition_id=tid)
             if legs:
                 self.executor.submit(Job(tid, tr.time_ms, tr.price, legs, time.monotonic()))
+                if timing.ON:
+                    timing.mark("queued", tid)
         b = tr.bands  # logged after the orders are on their way: the log line must not delay them
         log.info("%s -> %s at %s (UP %.2f MID %.2f DN %.2f)", tr.from_state, tr.to_state, tr.price, b.up, b.mid, b.dn)
         # An entry left out leaves the strategy FLAT (a reversal's close still goes), as in the backtest.

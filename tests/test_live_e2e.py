@@ -240,3 +240,48 @@ def test_paper_mode_opens_no_user_data_stream(tmp_path):
         paths = {r["path"] for r in ctl(sim.base_url, "requests")}
         assert "/fapi/v1/listenKey" not in paths
         assert ctl(sim.base_url, "state")["user_clients"] == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs (needs root; CI runs as root)")
+def test_a_full_disk_while_trading_sends_late_closes_but_no_stale_entry(tmp_path):
+    """Orders are recorded before they are sent, so a full disk stops them; when space returns,
+    a close decided meanwhile still goes out (late, loudly), an entry that went stale does not."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], check=True)
+    try:
+        with SimExchangeThread(DATA_1M, paused=True, history_candles=60, target_interval="1m", speed=600,
+                               api_key=API_KEY, api_secret=API_SECRET) as sim:
+            bot = Bot(str(tmp_path), sim.base_url, sim.ws_url, paper=False, DB_PATH=str(disk / "bot.db"),
+                      MAX_ENTRY_DELAY_SECONDS=2.0)
+            bot.db = str(disk / "bot.db")
+            bot.start()
+            try:
+                bot.wait_connected()
+                ctl(sim.base_url, "resume")
+                bot.wait_status(lambda s: abs(float(s.get("position_qty") or 0)) > 0, 90, "an open position")
+                ctl(sim.base_url, "pause")
+                wait_for(lambda: _settled(bot), 30, "orders to settle")
+                time.sleep(1)
+                posts_before = len(ctl(sim.base_url, "orders"))
+                filler = disk / "filler"
+                subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)
+                ctl(sim.base_url, "step", {"ticks": 400})  # the market moves on: decisions pile up
+                time.sleep(4)  # longer than MAX_ENTRY_DELAY_SECONDS
+                assert len(ctl(sim.base_url, "orders")) == posts_before, "nothing goes out unrecorded"
+                filler.unlink()
+                wait_for(lambda: "not sent" in bot.log_text(), 30, "the stale entry to be dropped")
+                amt = float(ctl(sim.base_url, "state")["position"]["amt"])
+                st = bot.wait_status(lambda s: float(s["position_qty"]) == amt and s["order_backlog"] == "0"
+                                     and _settled(bot), 30, "the bot to catch up with the exchange")
+                late = ctl(sim.base_url, "orders")[posts_before:]
+            finally:
+                assert bot.stop() == 0
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+    assert late and all(o["reduceOnly"] for o in late), "after the outage only closes went out"
+    assert float(st["position_qty"]) == pytest.approx(amt)
+    assert POSITION[State(st["state"])] == (0 if amt == 0 else (1 if amt > 0 else -1))
+    log = bot.log_text()
+    assert "closes always go out" in log
+    assert "MAX_ENTRY_DELAY_SECONDS" in log or "took" in log
