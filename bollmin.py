@@ -20,7 +20,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_ACCOUNT = 0, 1, 2, 3
+from supervisor import EXIT_OK, EXIT_USAGE
 
 
 class _Parser(argparse.ArgumentParser):

@@ -173,13 +173,16 @@ def client_order_id(db_id: str, transition_id: int, leg: str) -> str:
 
 
 def record_transition(store, transition: Transition, fills: list[Fill], *, db_id: str, symbol: str,
-                      paper: bool, ledger: Ledger | None, cause: str = "tick", transition_id: int | None = None) -> int:
+                      paper: bool, ledger: Ledger | None, cause: str | None = None,
+                      transition_id: int | None = None) -> int:
     """Write a transition, its paper orders and fills, and the new state and position (one transaction).
 
-    ``ledger`` None leaves the stored position alone (live: fills write it when they happen).
+    ``cause`` defaults to the transition's own; ``ledger`` None leaves the stored position alone
+    (live: fills write it when they happen).
     """
     tid = store.add_transition(transition.time_ms, transition.from_state, transition.to_state,
-                               transition.price, transition.bands, cause, transition_id=transition_id)
+                               transition.price, transition.bands, cause or transition.cause,
+                               transition_id=transition_id)
     for fill in fills:
         leg = "c" if fill.action.closes else "o"
         cid = client_order_id(db_id, tid, leg)

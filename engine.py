@@ -20,14 +20,15 @@ from state import Order, State, step
 
 
 class Transition(NamedTuple):
-    """One state change caused by a tick."""
+    """One state change: caused by a tick (the table), or an override with its ``cause``."""
 
     time_ms: int
     from_state: State
     to_state: State
     price: float
-    bands: Bands
+    bands: Bands | None          # None for an override before the bands exist
     orders: tuple[Order, ...]
+    cause: str = "tick"          # tick | reconcile | refused | rejected | paused | stale | stopping | command
 
 
 class Engine:
@@ -80,6 +81,22 @@ class Engine:
             return None
         self.state = after
         return Transition(time_ms, before, after, price, Bands._make(values), orders)
+
+    def override(self, to: State, cause: str, time_ms: int, orders: tuple[Order, ...] = ()) -> Transition | None:
+        """Move the state outside the table, on record: the one way anything but a tick changes it.
+
+        Causes: ``reconcile`` (the exchange's position), ``refused``/``rejected``/``paused``/
+        ``stale`` (an entry that was not made), ``stopping``, ``command`` (a close from the
+        dashboard, with its ``orders``), ``restart``. Returns the transition to record, or None
+        when nothing changes. ``time_ms`` is used only before the first tick.
+        """
+        before = self.state
+        if before is to and not orders:
+            return None
+        self.state = to
+        values = self._last_values
+        return Transition(self.last_time_ms or time_ms, before, to, self.last_price or 0.0,
+                          None if values is None else Bands._make(values), orders, cause)
 
     @property
     def last_bands(self) -> Bands | None:

@@ -5,11 +5,15 @@ closes, ``k.x``) and aggTrade (ticks). Ticks come from aggTrade only — the kli
 is not a second source of ticks — so the live tick sequence is the exchange's trade tape,
 the same sequence a replay feeds the backtest.
 
+The data flows one way: the feed hands everything to one callback, ``on_event``, as
+``Trade`` (a tick), ``KlineClose`` (a closed candle) or ``Connection`` (connecting,
+connected, stalled, reconnecting …) and never calls back into the bot for anything else.
+After ``Connection("connected")`` the bot backfills candles missed while down and holds the
+market events that arrive meanwhile until it is done (runner.py).
+
 Reconnects use capped exponential backoff with full jitter; the backoff resets after a
 connection that delivered data. A connection silent for ``WS_STALL_SECONDS`` is dead; one
-older than ``WS_MAX_AGE_HOURS`` is replaced before Binance's 24 h cut. After every connect,
-``on_connected`` runs *before* any message is read, so the caller can backfill candles
-missed while down before trading resumes (messages wait in the socket meanwhile).
+older than ``WS_MAX_AGE_HOURS`` is replaced before Binance's 24 h cut.
 
 Malformed, unknown, duplicate, out-of-order and absurd messages are dropped with a
 rate-limited log line.
@@ -23,12 +27,29 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import websockets
 
 log = logging.getLogger("bollmin.feed")
+
+
+class Trade(NamedTuple):
+    """One tick: an aggTrade at exchange time ``time_ms``."""
+
+    time_ms: int
+    price: float
+
+
+@dataclass(frozen=True)
+class Connection:
+    """The market connection changed: ``state`` is connecting, connected, stalled, reconnecting
+    or disconnected; ``reconnects`` counts the connections lost so far."""
+
+    state: str
+    reconnects: int
 
 
 @dataclass(frozen=True)
@@ -72,19 +93,17 @@ def backoff_delay(attempt: int, base_s: float = 0.5, cap_s: float = 30.0) -> flo
     return random.uniform(0, min(cap_s, base_s * (2 ** min(attempt, 16))))
 
 
-class Feed:
-    """The market connection. ``run()`` until ``stop()``; callbacks receive clean data only."""
+Event = Trade | KlineClose | Connection
 
-    def __init__(self, url: str, symbol: str, interval: str, *,
-                 on_trade: Callable[[int, float], None],
-                 on_kline_closed: Callable[[KlineClose], None],
-                 on_connected: Callable[[], Awaitable[None]],
-                 on_state: Callable[[str], None],
+
+class Feed:
+    """The market connection. ``run()`` until ``stop()``; ``on_event`` receives clean data only."""
+
+    def __init__(self, url: str, symbol: str, interval: str, *, on_event: Callable[[Event], None],
                  stall_s: float = 30.0, max_age_s: float = 23 * 3600.0, max_jump_pct: float = 20.0,
                  reference_price: float | None = None) -> None:
         self.url, self.symbol, self.interval = url, symbol.upper(), interval
-        self.on_trade, self.on_kline_closed = on_trade, on_kline_closed
-        self.on_connected, self.on_state = on_connected, on_state
+        self.on_event = on_event
         self.stall_s, self.max_age_s = stall_s, max_age_s
         self.max_jump = max_jump_pct / 100.0
         self.last_price = reference_price
@@ -103,22 +122,28 @@ class Feed:
 
     def stop(self) -> None:
         self._stopping.set()
+        self.reconnect()
+
+    def reconnect(self) -> None:
+        """Drop the current connection (``run`` connects again with backoff unless stopping)."""
         ws = self._ws
         if ws is not None:
             asyncio.ensure_future(ws.close())
 
+    def _state(self, state: str) -> None:
+        self.on_event(Connection(state, self.reconnects))
+
     async def run(self) -> None:
         attempt = 0
         while not self._stopping.is_set():
-            self.on_state("connecting" if self.reconnects == 0 else "reconnecting")
+            self._state("connecting" if self.reconnects == 0 else "reconnecting")
             delivered = False
             try:
                 async with websockets.connect(self.url, open_timeout=10, close_timeout=2, ping_interval=20,
                                               ping_timeout=20, max_size=2 ** 20) as ws:
                     self._ws = ws
-                    await self.on_connected()
-                    self.on_state("connected")
                     log.info("market stream connected: %s", self.url)
+                    self._state("connected")
                     delivered = await self._read(ws)
             except asyncio.CancelledError:
                 raise
@@ -131,13 +156,13 @@ class Feed:
             self.reconnects += 1
             attempt = 0 if delivered else attempt + 1
             delay = backoff_delay(attempt)
-            self.on_state("reconnecting")
+            self._state("reconnecting")
             log.info("reconnecting to the market stream in %.1fs", delay)
             try:
                 await asyncio.wait_for(self._stopping.wait(), timeout=delay)
             except TimeoutError:
                 pass
-        self.on_state("disconnected")
+        self._state("disconnected")
 
     async def _read(self, ws) -> bool:
         """Read until the connection dies, stalls or ages out; True if it delivered messages.
@@ -182,7 +207,7 @@ class Feed:
             elif now - self._last_mono >= self.stall_s:
                 why.append("stall")
                 log.warning("market stream silent for %.0fs: treating the connection as dead", self.stall_s)
-                self.on_state("stalled")
+                self._state("stalled")
             else:
                 continue
             await ws.close()
@@ -234,7 +259,7 @@ class Feed:
             log.warning("5 trades in a row at %s, far from %s: accepting the new price level", price, last)
         self._jumps = 0
         self.last_trade_id, self.last_trade_ms, self.last_price = trade_id, t, price
-        self.on_trade(t, price)
+        self.on_event(Trade(t, price))
 
     def _kline(self, d: dict) -> None:
         k = d["k"]
@@ -250,4 +275,4 @@ class Feed:
         if c.open_time_ms <= self.last_kline_close_ms:
             return self._drop("kline_dup", f"duplicate closed kline {c.open_time_ms} dropped")
         self.last_kline_close_ms = c.open_time_ms
-        self.on_kline_closed(c)
+        self.on_event(c)

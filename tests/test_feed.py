@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from feed import Feed, KlineClose, RateLimitedLog, backoff_delay, stream_url
+from feed import Feed, KlineClose, RateLimitedLog, Trade, backoff_delay, stream_url
 
 PAYLOADS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "marketdata", "payloads")
 
@@ -19,12 +19,13 @@ class Sink:
         self.closes: list[KlineClose] = []
 
     def feed(self, **kw) -> Feed:
-        async def connected() -> None:
-            return None
+        return Feed("ws://127.0.0.1:1/market/stream", "BTCUSDT", "15m", on_event=self.on_event, **kw)
 
-        return Feed("ws://127.0.0.1:1/market/stream", "BTCUSDT", "15m",
-                    on_trade=lambda t, p: self.trades.append((t, p)),
-                    on_kline_closed=self.closes.append, on_connected=connected, on_state=lambda s: None, **kw)
+    def on_event(self, event) -> None:
+        if isinstance(event, Trade):
+            self.trades.append((event.time_ms, event.price))
+        elif isinstance(event, KlineClose):
+            self.closes.append(event)
 
 
 def agg(a: int, t: int, p: str, symbol: str = "BTCUSDT", combined: bool = True) -> str:

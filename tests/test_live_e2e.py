@@ -272,8 +272,10 @@ def test_a_full_disk_while_trading_sends_late_closes_but_no_stale_entry(tmp_path
                 filler.unlink()
                 wait_for(lambda: "not sent" in bot.log_text(), 30, "the stale entry to be dropped")
                 amt = float(ctl(sim.base_url, "state")["position"]["amt"])
+                sign = 0 if amt == 0 else (1 if amt > 0 else -1)
                 st = bot.wait_status(lambda s: float(s["position_qty"]) == amt and s["order_backlog"] == "0"
-                                     and _settled(bot), 30, "the bot to catch up with the exchange")
+                                     and POSITION[State(s["state"])] == sign and _settled(bot), 30,
+                                     "the bot to catch up with the exchange")
                 late = ctl(sim.base_url, "orders")[posts_before:]
             finally:
                 assert bot.stop() == 0

@@ -1,0 +1,58 @@
+"""The bot's heartbeat: its live figures in the ``status`` table about once a second, and
+systemd's watchdog while market data is fresh.
+
+The dashboard, ``auto_deploy.sh status`` and the health check read these keys. The strategy
+state and the position are not among them: the transitions and fills that change them write
+them, so a heartbeat delayed in the DB writer can never undo a newer value.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import sdnotify
+import store as db
+
+log = logging.getLogger("bollmin")
+
+
+def status_values(bot: Any) -> dict[str, Any]:
+    """The heartbeat's status keys for ``bot`` (a runner.Bot)."""
+    e, led, feed = bot.engine, bot.ledger, bot.feed
+    b = e.last_bands
+    ex, us = bot.executor, bot.user_stream
+    unrealized = led.unrealized(e.last_price) if e.last_price else 0.0
+    return {
+        "heartbeat_ms": db.now_ms(), "price": e.last_price,
+        "price_time_ms": e.last_time_ms, "band_up": b.up if b else None, "band_mid": b.mid if b else None,
+        "band_dn": b.dn if b else None, "connection": bot.connection,
+        "last_message_ms": int(feed.last_message_wall * 1000) or None,
+        "unrealized_pnl_usdt": unrealized,
+        "equity_usdt": (bot.cfg.PAPER_START_BALANCE_USDT if bot.paper else 0.0) + led.net_pnl_usdt + unrealized,
+        "cpu_pct": bot.proc.cpu_percent(None), "rss_bytes": bot.proc.memory_info().rss,
+        "entries_paused": int(bot.paused), "pause_reason": bot.pause_reason,
+        "messages": feed.messages, "dropped": feed.dropped, "reconnects": feed.reconnects,
+        "db_backlog": bot.writer.backlog,
+        "order_backlog": ex.backlog if ex is not None else 0,
+        "order_backlog_age_s": round(ex.backlog_age_s(), 3) if ex is not None else 0.0,
+        "user_stream": us.connection if us is not None else "off",
+        "entries_blocked": bot.entries_blocked() or "",
+    }
+
+
+async def heartbeat(bot: Any, period_s: float = 1.0) -> None:
+    """Write the status row every ``period_s`` and pet systemd's watchdog while data is fresh."""
+    dog_every = sdnotify.watchdog_period()
+    last_dog = 0.0
+    while not bot.stopping.is_set():
+        try:
+            bot.writer.post(db.Store.set_status, status_values(bot))
+            fresh = time.time() - bot.feed.last_message_wall < bot.cfg.WS_STALL_SECONDS
+            if dog_every and fresh and time.monotonic() - last_dog >= dog_every:
+                sdnotify.notify("WATCHDOG=1")
+                last_dog = time.monotonic()
+        except Exception:
+            log.exception("heartbeat failed")
+        await bot.pause_unless_stopping(period_s)

@@ -1,0 +1,117 @@
+"""Logging for the bot: one line per event, secrets masked, no log I/O on the event loop.
+
+Every log line goes through a queue to a thread that writes stderr (journald under systemd)
+and the rotating ``LOG_FILE``, so a log call on the trading path costs microseconds whatever
+the disk does. Secrets are masked before a line is queued. ``EventsHandler`` also copies
+INFO and above into the DB's ``events`` table (through the DB writer).
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import queue
+import sys
+
+import store as db
+from config import Config
+
+
+class SecretFilter(logging.Filter):
+    """Replace any configured secret that slips into a log line with ***."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s and len(s) >= 4]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            text = record.getMessage()
+            if any(s in text for s in self.secrets):
+                for s in self.secrets:
+                    text = text.replace(s, "***")
+                record.msg, record.args = text, None
+        return True
+
+
+class OneLineFormatter(logging.Formatter):
+    """One line per event: a traceback is folded onto the line (`` | `` between its lines)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).replace("\n", " | ")
+
+
+class EventsHandler(logging.Handler):
+    """Copies INFO+ log lines of the bot into the ``events`` table (through the writer)."""
+
+    def __init__(self, writer: db.Writer) -> None:
+        super().__init__(logging.INFO)
+        self.writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name == "bollmin.store":
+            return  # the writer reporting on itself must not queue more writes
+        try:
+            message = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                message += f" ({type(record.exc_info[1]).__name__}: {record.exc_info[1]})"
+            self.writer.post(db.Store.add_event, record.levelname, message[:1000], int(record.created * 1000))
+        except Exception:
+            self.handleError(record)
+
+
+_listener: logging.handlers.QueueListener | None = None
+
+
+def setup_logging(cfg: Config) -> None:
+    """Log lines go through a queue to a thread that writes stderr and the rotating file, so
+    no log call on the event loop waits for I/O. Secrets are masked before a line is queued."""
+    global _listener
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    if _listener is not None:
+        _listener.stop()
+    root.setLevel(cfg.LOG_LEVEL)
+    fmt = OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(cfg.LOG_FILE)), exist_ok=True)
+        handlers.append(logging.handlers.RotatingFileHandler(cfg.LOG_FILE, maxBytes=10 * 2**20, backupCount=5,
+                                                             encoding="utf-8"))
+    except OSError as exc:
+        sys.stderr.write(f"bollmin: cannot write LOG_FILE {cfg.LOG_FILE} ({exc.strerror}); logging to stderr only\n")
+    for h in handlers:
+        h.setFormatter(fmt)
+    lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    front = logging.handlers.QueueHandler(lines)
+    front.addFilter(SecretFilter([cfg.API_KEY, cfg.API_SECRET, cfg.DASHBOARD_PASSWORD]))
+    root.addHandler(front)
+    _listener = logging.handlers.QueueListener(lines, *handlers, respect_handler_level=True)
+    _listener.start()
+    for noisy in ("websockets", "asyncio", "aiohttp", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def add_log_handler(handler: logging.Handler) -> None:
+    """Also give every log line to ``handler`` (on the logging thread when logging is set up)."""
+    if _listener is not None:
+        _listener.handlers = (*_listener.handlers, handler)
+    else:
+        logging.getLogger().addHandler(handler)
+
+
+def remove_log_handler(handler: logging.Handler) -> None:
+    if _listener is not None:
+        _listener.handlers = tuple(h for h in _listener.handlers if h is not handler)
+    else:
+        logging.getLogger().removeHandler(handler)
+
+
+def stop_logging() -> None:
+    """Write out every queued log line (at exit)."""
+    global _listener
+    if _listener is not None:
+        _listener.stop()
+        _listener = None
