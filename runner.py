@@ -21,6 +21,7 @@ import logging
 import logging.handlers
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -37,7 +38,7 @@ from broker import (
     record_transition,
     state_from_status,
 )
-from config import Config
+from config import Config, mask_secrets
 from engine import Engine, Transition
 from feed import Feed, KlineClose, stream_url
 from history import Candle, HistoryError, interval_ms, validate_frame
@@ -52,19 +53,34 @@ SHUTDOWN_BUDGET_S = 8.0
 # ---- logging ----------------------------------------------------------------------------------
 
 class SecretFilter(logging.Filter):
-    """Replace any configured secret that slips into a log line with ***."""
+    """Replace any configured secret that slips into a log line (or its traceback) with ***.
+
+    Masking follows ``config.mask_secrets``: long secrets everywhere, short ones (4-7
+    characters) only as words of their own, so a short password cannot garble paths.
+    """
 
     def __init__(self, secrets: list[str]) -> None:
         super().__init__()
         self.secrets = [s for s in secrets if s and len(s) >= 4]
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            text = record.getMessage()
-            if any(s in text for s in self.secrets):
-                for s in self.secrets:
-                    text = text.replace(s, "***")
-                record.msg, record.args = text, None
+        if not self.secrets:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # bad format arguments: the handler reports those itself
+            return True
+        text = message
+        if record.exc_info and record.exc_info[1] is not None:
+            # The traceback (with the exception's text) is checked too; when it holds a secret it
+            # is folded, masked, into the message and the exception itself is dropped.
+            trace = logging.Formatter().formatException(record.exc_info)
+            if mask_secrets(trace, self.secrets) != trace:
+                text += "\n" + trace
+                record.exc_info, record.exc_text = None, None
+        masked = mask_secrets(text, self.secrets)
+        if masked != message:
+            record.msg, record.args = masked, None
         return True
 
 
@@ -81,6 +97,8 @@ class EventsHandler(logging.Handler):
     def __init__(self, writer: db.Writer) -> None:
         super().__init__(logging.INFO)
         self.writer = writer
+        if _SECRET_FILTER is not None:  # the events table is a log too: no secret goes in
+            self.addFilter(_SECRET_FILTER)
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.name == "bollmin.store":
@@ -94,13 +112,17 @@ class EventsHandler(logging.Handler):
             self.handleError(record)
 
 
+_SECRET_FILTER: SecretFilter | None = None
+
+
 def setup_logging(cfg: Config) -> None:
+    global _SECRET_FILTER
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
     root.setLevel(cfg.LOG_LEVEL)
     fmt = OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    secret_filter = SecretFilter([cfg.API_KEY, cfg.API_SECRET, cfg.DASHBOARD_PASSWORD])
+    secret_filter = _SECRET_FILTER = SecretFilter([cfg.API_KEY, cfg.API_SECRET, cfg.DASHBOARD_PASSWORD])
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     try:
         os.makedirs(os.path.dirname(os.path.abspath(cfg.LOG_FILE)), exist_ok=True)
@@ -600,8 +622,10 @@ def _write_override(store, t: int, before: State, to: State, price: float, bands
 def run_bot(cfg: Config) -> int:
     try:
         bot = Bot(cfg)
-    except db.StoreError as exc:
-        log.critical("%s", exc)
+    except (db.StoreError, sqlite3.DatabaseError) as exc:
+        # An unusable DB (damaged, foreign, newer, read-only, disk full) needs a person: exit 2,
+        # which neither the AUTO_RESTART supervisor nor systemd (RestartPreventExitStatus) retries.
+        log.critical("%s", exc if isinstance(exc, db.StoreError) else db.describe(cfg.DB_PATH, exc))
         return EXIT_USAGE
     return asyncio.run(bot.run())
 
