@@ -33,6 +33,7 @@ from broker import (
     OrderSizeError,
     PaperBroker,
     SymbolRules,
+    amount_warning,
     ledger_from_status,
     ledger_status,
     record_transition,
@@ -136,6 +137,13 @@ def setup_logging(cfg: Config) -> None:
         root.addHandler(h)
     for noisy in ("websockets", "asyncio", "aiohttp", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _warn_amount(cfg: Config, rules: SymbolRules, price: float | None) -> None:
+    """Say at startup when TRADE_AMOUNT_USDT is too small for (some) entries on this contract."""
+    warning = amount_warning(cfg.TRADE_AMOUNT_USDT, rules, cfg.SYMBOL, price)
+    if warning:
+        log.warning("%s", warning)
 
 
 # ---- the bot ----------------------------------------------------------------------------------
@@ -505,6 +513,7 @@ class Bot:
                     try:
                         self.rules = await self.exchange.load_rules()
                         self.paper_broker.rules = self.rules
+                        _warn_amount(self.cfg, self.rules, self.feed.last_price)
                     except AccountSetupError:
                         raise
                     except Exception as exc:
@@ -512,7 +521,7 @@ class Bot:
                                     self.rules.step)
                     return
                 await self.exchange.sync_time()
-                await self.exchange.load_rules()
+                _warn_amount(self.cfg, await self.exchange.load_rules(), self.feed.last_price)
                 await self.exchange.check_account()
                 await self.exchange.load_commission_rate()
                 from livebroker import LiveBroker
