@@ -255,6 +255,10 @@ def main_backtest(cfg: Config, path: str, as_json: bool, db_path: str | None, ou
             write_db(store, result, p, cfg, path)
         finally:
             store.close()
+    refused = [message for _t, _level, message in result.events if message.startswith("entry refused: ")]
+    if refused:  # an amount too small for the exchange minimums must not pass as "no signals"
+        err.write(f"bollmin: warning: {len(refused)} of the strategy's entries were refused by the exchange "
+                  f"minimums (first: {refused[0][len('entry refused: '):]})\n")
     if as_json:
         lines.append(json.dumps({"summary": result.summary}))
         out.write("\n".join(lines) + "\n")

@@ -9,18 +9,27 @@
     python bollmin.py check-config               the effective settings, secrets masked
 
 Exit codes (for systemd and scripts): 0 done / clean stop, 1 crash (restartable),
-2 bad configuration or input (never retried), 3 the exchange refused the account setup
-(bad key or permissions, hedge-mode account) — needs a person, never retried.
+2 bad configuration, input or data file — including a damaged or foreign database, a full
+disk or read-only storage (never retried: it needs a person), 3 the exchange refused the
+account setup (bad key or permissions, hedge-mode account) — needs a person, never retried.
+
+Every error is one line on stderr, ``bollmin: <what> — <what to do>``, never a traceback
+(set ``BOLLMIN_DEBUG=1`` to see the traceback of an unexpected error), and never shows a secret.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from collections.abc import Sequence
 
-from supervisor import EXIT_OK, EXIT_USAGE
+from supervisor import EXIT_CRASH, EXIT_OK, EXIT_USAGE
+
+MAX_LIMIT = 10**9  # trades --limit
+MAX_SPEED = 100_000.0  # demo --speed
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,9 +39,41 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"bollmin: {message} (see: python bollmin.py {self.prog.split()[-1]} --help)\n")
 
 
+_SECRETS: list[str] = []  # secrets of the loaded config, masked in every error line
+
+
+def one_line(message: str) -> str:
+    """``message`` as one printable line: line breaks and control characters escaped, secrets masked."""
+    from config import ENV_SECRETS, mask_secrets
+
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    return mask_secrets(text, _SECRETS + [os.environ.get(v, "") for v in ENV_SECRETS.values()])
+
+
 def _fail(message: str, code: int = EXIT_USAGE) -> int:
-    sys.stderr.write(f"bollmin: {message}\n")
+    sys.stderr.write(f"bollmin: {one_line(message)}\n")
+    sys.stderr.flush()
     return code
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--limit {text!r} is not a whole number") from None
+    if not 1 <= value <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"--limit must be between 1 and {MAX_LIMIT:,}")
+    return value
+
+
+def _speed(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--speed {text!r} is not a number") from None
+    if not (math.isfinite(value) and 0 < value <= MAX_SPEED):
+        raise argparse.ArgumentTypeError(f"--speed must be greater than 0 and at most {MAX_SPEED:g} (times real time)")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,14 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("trades", parents=[common], help="orders and fills recorded in the DB (newest last)",
                        description="Show the recorded orders and fills, newest last.")
     t.add_argument("--json", action="store_true", help="one JSON object per line")
-    t.add_argument("--limit", type=int, metavar="N", help="only the newest N")
+    t.add_argument("--limit", type=_limit, metavar="N", help="only the newest N")
     t.add_argument("--db", metavar="PATH", help="read this SQLite file instead of DB_PATH")
     t.add_argument("--all", action="store_true", help="include orders that did not fill (rejected, unknown, ...)")
     sub.add_parser("dashboard", parents=[common], help="serve the web dashboard",
                    description="Serve the dashboard on DASHBOARD_HOST:DASHBOARD_PORT.")
     d = sub.add_parser("demo", parents=[common], help="run everything offline against the simulated exchange",
                        description="Simulated exchange + bot + dashboard on bundled real BTCUSDT data.")
-    d.add_argument("--speed", type=float, default=None, metavar="N", help="replay at N x real time")
+    d.add_argument("--speed", type=_speed, default=None, metavar="N",
+                   help=f"replay at N x real time (0 < N <= {MAX_SPEED:g})")
     c = sub.add_parser("check-config", parents=[common], help="validate and print the effective settings",
                        description="Validate the settings and print them with secrets masked.")
     c.add_argument("--json", action="store_true", help="as one JSON object")
@@ -70,9 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(path: str | None):
-    from config import load_config
+    from config import SECRET_NAMES, load_config
 
-    return load_config(path)
+    cfg = load_config(path)
+    _SECRETS[:] = [getattr(cfg, name) for name in SECRET_NAMES]
+    return cfg
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -104,13 +148,7 @@ def cmd_trades(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config)
     path = args.db or cfg.DB_PATH
-    if args.limit is not None and args.limit < 1:
-        return _fail("--limit must be at least 1")
-    conn = store.connect_readonly(path)
-    try:
-        rows = store.read_trades(conn, limit=args.limit, include_unfilled=args.all)
-    finally:
-        conn.close()
+    rows = store.read_trades_file(path, limit=args.limit, include_unfilled=args.all)
     out = sys.stdout
     if args.json:
         for r in rows:
@@ -123,13 +161,25 @@ def cmd_trades(args: argparse.Namespace) -> int:
               f"{'pnl':>9} {'mode':<5} {'status':<8} client_order_id\n")
     import datetime as dt
 
+    def num(value, fmt: str) -> str:  # a row edited by hand may hold anything: show it, never crash
+        try:
+            return format(value, fmt)
+        except (TypeError, ValueError):
+            return str(value)
+
+    def when(time_ms) -> str:
+        try:
+            return dt.datetime.fromtimestamp(time_ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        except (TypeError, ValueError, OverflowError, OSError):
+            return str(time_ms)
+
     for r in rows:
         j = store.trade_json(r)
-        when = dt.datetime.fromtimestamp(j["time_ms"] / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-        pnl = "" if j["realized_pnl_usdt"] is None else f"{j['realized_pnl_usdt']:+.2f}"
-        out.write(f"{when:<20} {j['action']:<11} {j['reason']:<11} {j['price']:>12.2f} {j['qty']:>9} "
-                  f"{j['fee_usdt']:>8.4f} {pnl:>9} {'paper' if j['paper'] else 'live':<5} {j['status']:<8} "
-                  f"{j['client_order_id']}\n")
+        pnl = "" if j["realized_pnl_usdt"] is None else num(j["realized_pnl_usdt"], "+.2f")
+        out.write(one_line(
+            f"{when(j['time_ms']):<20} {j['action']!s:<11} {j['reason']!s:<11} {num(j['price'], '.2f'):>12} "
+            f"{j['qty']!s:>9} {num(j['fee_usdt'], '.4f'):>8} {pnl:>9} {'paper' if j['paper'] else 'live':<5} "
+            f"{j['status']!s:<8} {j['client_order_id']}") + "\n")
     return EXIT_OK
 
 
@@ -168,18 +218,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command or "run"
     if args.command is None:
         args = build_parser().parse_args(["run", *(argv if argv is not None else sys.argv[1:])])
-    from config import ConfigError
-    from history import HistoryError
-    from store import StoreError
-
     try:
-        return COMMANDS[command](args)
-    except (ConfigError, HistoryError, StoreError) as err:
-        return _fail(str(err))
+        from config import ConfigError
+        from history import HistoryError
+        from store import StoreError
+
+        try:
+            return COMMANDS[command](args)
+        except (ConfigError, HistoryError, StoreError) as err:
+            return _fail(str(err))
     except KeyboardInterrupt:
         return EXIT_OK
     except BrokenPipeError:
+        # The reader went away (e.g. "| head"): stop quietly, and keep Python's final flush quiet too.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
         return EXIT_OK
+    except MemoryError:
+        return _fail(f"{command}: out of memory; the input is too large for this machine")
+    except OSError as exc:
+        # The system refused something (a port in use, a missing permission): a person must act.
+        what = f"{exc.strerror or type(exc).__name__}" + (f": {exc.filename}" if exc.filename else "")
+        return _fail(f"{command}: {what}")
+    except Exception as exc:
+        # Last resort: a bug. One line (the traceback only on request), exit 1.
+        if os.environ.get("BOLLMIN_DEBUG"):
+            raise
+        text = _text(exc)
+        return _fail(f"{command}: unexpected {type(exc).__name__}{': ' + text if text else ''} "
+                     f"(a bug: please report it; BOLLMIN_DEBUG=1 shows the details)", EXIT_CRASH)
+
+
+def _text(exc: BaseException) -> str:
+    try:
+        return " ".join(str(exc).split())[:300]
+    except Exception:  # an exception whose __str__ fails
+        return ""
 
 
 if __name__ == "__main__":

@@ -64,6 +64,23 @@ def order_qty(amount_usdt: float, price: float, rules: SymbolRules) -> Decimal:
     return qty
 
 
+def amount_warning(amount_usdt: float, rules: SymbolRules, where: str, price: float | None = None) -> str | None:
+    """Why entries would be refused at this TRADE_AMOUNT_USDT, or None.
+
+    Below the minimum notional every entry is refused; at ``price`` (the last known one) rounding
+    the quantity down to the lot step may still leave less than the minimum.
+    """
+    if Decimal(repr(amount_usdt)) < rules.min_notional:
+        return (f"TRADE_AMOUNT_USDT = {amount_usdt:g} is below the minimum order notional of {where} "
+                f"({rules.min_notional} USDT): every entry will be refused; raise TRADE_AMOUNT_USDT")
+    if price is not None and price > 0:
+        try:
+            order_qty(amount_usdt, price, rules)
+        except OrderSizeError as exc:
+            return f"at the last price {price:g} of {where} an entry would be refused: {exc}"
+    return None
+
+
 class Fill(NamedTuple):
     """An executed order (paper or live)."""
 

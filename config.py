@@ -12,19 +12,24 @@ commented file with every setting at its default (the deployment installs it as
 environment wins. Relative paths (DB_PATH, LOG_FILE) are relative to the working directory.
 
 Every problem stops the program with a one-line ``ConfigError`` naming the setting; the CLI
-turns it into exit code 2.
+turns it into exit code 2. A settings file is UTF-8 text of at most 1 MiB (``MAX_CONFIG_BYTES``);
+text settings are single lines of at most 4096 characters; an error never shows the value of a
+secret (API_KEY, API_SECRET, DASHBOARD_PASSWORD), not even a mistyped one.
 """
 
 from __future__ import annotations
 
+import builtins
+import codecs
 import dataclasses
 import difflib
 import ipaddress
 import os
 import re
-import runpy
+import reprlib
+import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlparse
 
@@ -43,8 +48,34 @@ ENV_SECRETS = {
 }
 
 
+MAX_CONFIG_BYTES = 2**20  # a settings file: the full default file is about 4 KB
+MAX_TEXT_CHARS = 4096     # any text setting (paths, URLs, secrets)
+# TRADE_AMOUNT_USDT: 5 USDT is the smallest minimum order notional of any Binance USD-M contract
+# (BTCUSDT's is 100; the bot warns at startup when the amount is below the contract's own);
+# 1,000,000 USDT is a guard against a slipped zero: one MARKET order that large moves the book
+# and meets the position limits of most leverage brackets.
+MIN_TRADE_AMOUNT_USDT = 5.0
+MAX_TRADE_AMOUNT_USDT = 1_000_000.0
+
+
 class ConfigError(ValueError):
     """A bad setting. ``str(err)`` is one line naming the setting and the fix."""
+
+
+def mask_secrets(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret replaced by ``***``.
+
+    A secret of 8 characters or more is masked wherever it occurs. A shorter one (4 to 7
+    characters) is masked only where it stands as a word of its own, so that a short password
+    such as ``demo`` does not turn the path ``demo-data/demo.db`` into ``***-data/***.db``;
+    secrets under 4 characters cannot be told apart from ordinary text and are left alone.
+    """
+    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
+        if len(secret) >= 8:
+            text = text.replace(secret, "***")
+        else:
+            text = re.sub(rf"(?<![\w./-]){re.escape(secret)}(?![\w/-]|\.\w)", "***", text)
+    return text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,11 +87,10 @@ class Setting:
 
 
 def _between(lo: float, hi: float) -> Callable[[Any], str | None]:
-    return lambda v: None if lo <= v <= hi else f"must be between {lo} and {hi}"
+    def show(x: float) -> str:
+        return str(int(x)) if float(x).is_integer() else str(x)
 
-
-def _positive(v: float) -> str | None:
-    return None if v > 0 else "must be greater than 0"
+    return lambda v: None if lo <= v <= hi else f"must be between {show(lo)} and {show(hi)}"
 
 
 def _interval(v: str) -> str | None:
@@ -76,14 +106,29 @@ def _symbol(v: str) -> str | None:
 
 def _url(schemes: tuple[str, ...]) -> Callable[[str], str | None]:
     def check(v: str) -> str | None:
-        u = urlparse(v)
-        if u.scheme not in schemes or not u.netloc:
+        try:
+            u = urlparse(v)
+            u.port  # noqa: B018 - raises ValueError for a port that is not a number 0-65535
+        except ValueError:
+            return f"is not a valid URL (e.g. '{schemes[0]}://fapi.binance.com')"
+        if u.scheme not in schemes or not u.hostname:
             return f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}"
-        if u.path not in ("", "/") or u.query:
+        if u.path not in ("", "/") or u.query or u.fragment:
             return "must be a base URL without a path (e.g. 'https://fapi.binance.com')"
+        if u.username is not None or u.password is not None:
+            return "must not contain a user name or password"
         return None
 
     return check
+
+
+def _credential(v: str) -> str | None:
+    # Binance keys are printable ASCII without spaces; a stray space or line break from copying
+    # would only show up later as a signature error from the exchange.
+    if v and not (v.isascii() and v.isprintable() and " " not in v):
+        return ("holds spaces, line breaks or non-ASCII characters: paste the key again (in the settings file "
+                "or the environment) exactly as Binance shows it")
+    return None
 
 
 def _nonempty(v: str) -> str | None:
@@ -109,11 +154,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BOLL_DDOF", 0, "delta degrees of freedom of the standard deviation (0 = population)", _between(0, 1)),
     Setting("HISTORY_KLINES", 50, "closed candles fetched over REST when the DB has none", _between(1, 1499)),
     # --- orders ---------------------------------------------------------------------------
-    Setting("TRADE_AMOUNT_USDT", 200.0, "notional of each position in USDT", _positive),
+    Setting("TRADE_AMOUNT_USDT", 200.0,
+            f"notional of each position in USDT ({MIN_TRADE_AMOUNT_USDT:g} to {MAX_TRADE_AMOUNT_USDT:,.0f}; at "
+            f"least the contract's minimum order notional, 100 for BTCUSDT)",
+            _between(MIN_TRADE_AMOUNT_USDT, MAX_TRADE_AMOUNT_USDT)),
     Setting("LEVERAGE", 5, "leverage set on the exchange at startup (live)", _between(1, 125)),
     Setting("PAPER_TRADING", True, "simulate orders (never send them); False trades real money", None),
     Setting("PAPER_FEE_RATE", 0.0005, "taker fee rate charged on paper fills", _between(0.0, 0.01)),
-    Setting("PAPER_START_BALANCE_USDT", 10000.0, "paper account balance that equity starts from", _positive),
+    Setting("PAPER_START_BALANCE_USDT", 10000.0, "paper account balance that equity starts from",
+            _between(0.01, 1e12)),
     Setting("MAX_ORDER_REJECTS", 3, "consecutive definite order rejections that pause new entries", _between(1, 100)),
     Setting(
         "RECONCILE_RULE", "exchange",
@@ -128,11 +177,16 @@ SETTINGS: tuple[Setting, ...] = (
             "live: an entry still waiting this long after it was decided is not sent (it went stale); "
             "closes always go out", _between(1, 300)),
     # --- credentials and endpoints ----------------------------------------------------------
-    Setting("API_KEY", "", "Binance API key (or env BINANCE_API_KEY); futures trading permission only", None),
-    Setting("API_SECRET", "", "Binance API secret (or env BINANCE_API_SECRET)", None),
+    Setting("API_KEY", "", "Binance API key (or env BINANCE_API_KEY); futures trading permission only",
+            _credential),
+    Setting("API_SECRET", "", "Binance API secret (or env BINANCE_API_SECRET)", _credential),
     Setting("TESTNET", False, "use Binance's futures test environment (its default URLs)", None),
-    Setting("REST_BASE_URL", PRODUCTION_REST, "base URL of all REST traffic", _url(("https", "http"))),
-    Setting("WS_BASE_URL", PRODUCTION_WS, "base URL of the market streams", _url(("wss", "ws"))),
+    Setting("REST_BASE_URL", PRODUCTION_REST,
+            "base URL of all REST traffic (live trading: https://, plain http:// only to this machine)",
+            _url(("https", "http"))),
+    Setting("WS_BASE_URL", PRODUCTION_WS,
+            "base URL of the market streams (live trading: wss://, plain ws:// only to this machine)",
+            _url(("wss", "ws"))),
     Setting("REST_TIMEOUT_SECONDS", 10.0, "timeout of one REST request; past it an order's outcome is unknown",
             _between(1, 120)),
     # --- market data ------------------------------------------------------------------------
@@ -205,6 +259,7 @@ class Config:
 
 
 def _typed(name: str, value: Any) -> Any:
+    """``value`` as a plain bool/int/float/str of the setting's type (subclasses are copied)."""
     default = _BY_NAME[name].default
     shown = _shown(name, value)  # never echo a secret, even a mistyped one
     kind = type(default)
@@ -215,21 +270,47 @@ def _typed(name: str, value: Any) -> Any:
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{name} = {shown}: must be a whole number (default {default!r})")
-        return value
+        return int.__int__(value)  # the plain int, whatever a subclass overrides
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name} = {shown}: must be a number (default {default!r})")
-        value = float(value)
+        try:
+            value = float(int.__int__(value)) if isinstance(value, int) else float.__float__(value)
+        except OverflowError:
+            raise ConfigError(f"{name} = {shown}: is far too large (default {default!r})") from None
         if value != value or value in (float("inf"), float("-inf")):
             raise ConfigError(f"{name} = {shown}: must be a finite number")
         return value
     if not isinstance(value, str):
         raise ConfigError(f"{name} = {shown}: must be a text string in quotes (default {default!r})")
+    value = str.__str__(value)
+    if len(value) > MAX_TEXT_CHARS:
+        raise ConfigError(f"{name} = {shown}: is longer than {MAX_TEXT_CHARS} characters")
+    if any(c < " " or c == "\x7f" for c in value):
+        raise ConfigError(f"{name} = {shown}: must not contain line breaks, tabs or other control characters")
     return value
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlong = 40
+
+
 def _shown(name: str, value: Any) -> str:
-    return "'***'" if name in SECRET_NAMES else repr(value)
+    """``value`` for an error message: short, one line, and never a secret."""
+    if name in SECRET_NAMES:
+        return "'***'"
+    return brief(value)
+
+
+def brief(value: Any) -> str:
+    """A short one-line repr of any value (a huge number is described, not printed)."""
+    if isinstance(value, int) and not isinstance(value, bool) and int.bit_length(value) > 128:
+        return f"<a number of about {int(int.bit_length(value) * 0.30103) + 1} digits>"
+    try:
+        return _REPR.repr(value)
+    except Exception:  # a hostile __repr__
+        return f"<{type(value).__name__}>"
 
 
 def is_loopback(host: str) -> bool:
@@ -242,15 +323,25 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _check(s: Setting, raw: Any) -> Any:
+    value = _typed(s.name, raw)
+    if s.check is not None:
+        problem = s.check(value)
+        if problem:
+            raise ConfigError(f"{s.name} = {_shown(s.name, value)}: {problem}")
+    return value
+
+
 def _build(values: dict[str, Any], source: str) -> Config:
     checked: dict[str, Any] = {}
     for s in SETTINGS:
-        value = _typed(s.name, values[s.name])
-        if s.check is not None:
-            problem = s.check(value)
-            if problem:
-                raise ConfigError(f"{s.name} = {_shown(s.name, value)}: {problem}")
-        checked[s.name] = value
+        try:
+            checked[s.name] = _check(s, values[s.name])
+        except ConfigError:
+            raise
+        except Exception as exc:  # a value so odd that checking it failed: still one line
+            raise ConfigError(f"{s.name} = {_shown(s.name, values[s.name])}: unusable value "
+                              f"({type(exc).__name__}); see 'python bollmin.py check-config --help'") from None
     # TESTNET switches the endpoints only when the user left them at the production defaults.
     if checked["TESTNET"]:
         if checked["REST_BASE_URL"] == PRODUCTION_REST:
@@ -263,6 +354,15 @@ def _build(values: dict[str, Any], source: str) -> Config:
             f"= {checked['BOLL_PERIOD'] - 1} so the bands exist at start"
         )
     if not checked["PAPER_TRADING"]:
+        # Live orders carry the API key and signed requests, and a forged price stream would
+        # trade real money: no plain-text transport beyond this machine.
+        for name, plain, tls in (("REST_BASE_URL", "http", "https"), ("WS_BASE_URL", "ws", "wss")):
+            u = urlparse(checked[name])
+            if u.scheme == plain and not is_loopback(u.hostname or ""):
+                raise ConfigError(
+                    f"{name} = {checked[name]!r}: live trading needs {tls}:// (plain {plain}:// is allowed only "
+                    f"to this machine, 127.0.0.1)"
+                )
         for name in ("API_KEY", "API_SECRET"):
             if not checked[name].strip():
                 raise ConfigError(
@@ -277,29 +377,127 @@ def _build(values: dict[str, Any], source: str) -> Config:
     return Config(**checked, source=source)
 
 
-def _read_file(path: str) -> dict[str, Any]:
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file {path}: no such file")
+def _read_source(path: str) -> bytes:
+    """The bytes of a settings file: a regular file of at most MAX_CONFIG_BYTES."""
+    where = f"config file {path}"
     try:
-        namespace = runpy.run_path(path, run_name="bollmin_config")
+        # O_NONBLOCK: a FIFO given by mistake is refused below instead of blocking the start.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot open it ({exc.strerror or type(exc).__name__})") from None
+    with os.fdopen(fd, "rb") as fh:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ConfigError(f"{where}: is a directory; give the settings file itself (e.g. config.py)")
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"{where}: is not a regular file (a pipe, device or socket); give a settings file")
+        try:
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read it ({exc.strerror or type(exc).__name__})") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{where}: is larger than {MAX_CONFIG_BYTES:,} bytes; a settings file only assigns "
+                          f"a few names (see 'python config.py')")
+    return data
+
+
+_SECRET_WORD = re.compile("|".join(SECRET_NAMES))
+
+
+def _source_line(data: bytes, lineno: int | None) -> str:
+    if not lineno or lineno < 1:
+        return ""
+    lines = data.split(b"\n")
+    return lines[lineno - 1].decode("utf-8", "replace") if lineno <= len(lines) else ""
+
+
+def _literal_secrets(data: bytes) -> list[str]:
+    """Words on the lines that mention a secret's name: masked in any message about the file."""
+    words: list[str] = []
+    for line in data.decode("utf-8", "replace").splitlines():
+        if _SECRET_WORD.search(line):
+            words += re.findall(r"[^\s'\"=:,;()\[\]{}]{4,}", _SECRET_WORD.sub(" ", line))
+    return words
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _exception_text(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # an exception whose __str__ fails
+        return ""
+
+
+def _run_source(path: str, data: bytes, env: dict[str, str]) -> dict[str, Any]:
+    """Compile and run a settings file; every failure becomes one ConfigError line without secrets."""
+    where = f"config file {path}"
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # also covers UTF-32 LE
+        raise ConfigError(f"{where}: is UTF-16 text; save it as UTF-8")
+    nul = data.find(b"\0")
+    if nul >= 0:
+        lineno = data.count(b"\n", 0, nul) + 1
+        raise ConfigError(f"{where} line {lineno}: holds a NUL byte (binary data); "
+                          f"a settings file is plain UTF-8 text")
+    masks = _literal_secrets(data) + [env[v] for v in ENV_SECRETS.values() if env.get(v)]
+    namespace: dict[str, Any] = {"__name__": "bollmin_config", "__file__": path, "__builtins__": builtins}
+    try:
+        code = compile(data, path, "exec", dont_inherit=True)
     except SyntaxError as exc:
-        raise ConfigError(f"config file {path} line {exc.lineno}: syntax error: {exc.msg}") from None
-    except Exception as exc:  # a user's file may raise anything; report it on one line
-        line = ""
+        line = f" line {exc.lineno}" if exc.lineno else ""
+        if "unicode error" in str(exc.msg) or "encoding" in str(exc.msg):
+            raise ConfigError(f"{where}{line}: the text is not UTF-8; save the file as UTF-8") from None
+        if _SECRET_WORD.search(_source_line(data, exc.lineno)):
+            raise ConfigError(f"{where}{line}: syntax error on the line that sets a secret: put the value in "
+                              f"quotes, e.g. API_SECRET = \"...\"") from None
+        detail = mask_secrets(_one_line(str(exc.msg)), masks)
+        raise ConfigError(f"{where}{line}: syntax error: {detail}") from None
+    except UnicodeError:
+        raise ConfigError(f"{where}: the text is not UTF-8; save the file as UTF-8") from None
+    except (ValueError, MemoryError, RecursionError, OverflowError) as exc:
+        raise ConfigError(f"{where}: cannot be read as Python ({type(exc).__name__}); "
+                          f"a settings file only assigns values") from None
+    try:
+        exec(code, namespace)  # noqa: S102 - the user's own settings file: Python that assigns names
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # a settings file may raise anything, even SystemExit: one line each
+        lineno = None
         tb = exc.__traceback__
         while tb is not None:
             if tb.tb_frame.f_code.co_filename == path:
-                line = f" line {tb.tb_lineno}"
+                lineno = tb.tb_lineno
             tb = tb.tb_next
-        raise ConfigError(f"config file {path}{line}: {type(exc).__name__}: {exc}") from None
+        line = f" line {lineno}" if lineno else ""
+        name = type(exc).__name__
+        if isinstance(exc, SystemExit):
+            raise ConfigError(f"{where}{line}: calls exit(); a settings file must only assign settings") from None
+        if _SECRET_WORD.search(_source_line(data, lineno)):
+            raise ConfigError(f"{where}{line}: {name} on the line that sets a secret: put the value in quotes, "
+                              f"e.g. API_SECRET = \"...\"") from None
+        masks += [v for k, v in namespace.items() if k in SECRET_NAMES and isinstance(v, str)]
+        detail = mask_secrets(_one_line(_exception_text(exc)), masks)
+        hint = " (text values need quotes, e.g. SYMBOL = \"BTCUSDT\")" if isinstance(exc, NameError) else ""
+        raise ConfigError(f"{where}{line}: {name}: {detail}{hint}" if detail else f"{where}{line}: {name}{hint}"
+                          ) from None
+    return namespace
+
+
+def _read_file(path: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    namespace = _run_source(path, _read_source(path), env or {})
     values: dict[str, Any] = {}
     for name, value in namespace.items():
-        if not name.isupper() or name.startswith("_"):
+        if not isinstance(name, str) or not name.isupper() or name.startswith("_"):
             continue  # imports, helpers and private names are the file's own business
         if name not in _BY_NAME:
             close = difflib.get_close_matches(name, list(_BY_NAME), n=1)
             hint = f"; did you mean {close[0]}?" if close else "; run 'python bollmin.py check-config --help'"
-            raise ConfigError(f"config file {path}: unknown setting {name}{hint}")
+            raise ConfigError(f"config file {path}: unknown setting {brief(name)}{hint}")
         values[name] = value
     return values
 
@@ -310,7 +508,7 @@ def load_config(path: str | None = None, env: dict[str, str] | None = None) -> C
     path = path or env.get("BOLLMIN_CONFIG") or None
     values = {s.name: s.default for s in SETTINGS}
     if path:
-        values.update(_read_file(path))
+        values.update(_read_file(path, env))
     for name, var in ENV_SECRETS.items():
         if env.get(var):
             values[name] = env[var]

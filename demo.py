@@ -12,12 +12,18 @@
 or SIGTERM stops every child within 5 s. Strategy settings (BOLL_*, TRADE_AMOUNT_USDT,
 LEVERAGE, dashboard port) may come from ``--config``; the exchange, credentials, mode and
 paths are always the demo's own.
+
+The demo's files live in ``demo-data/`` (or ``$BOLLMIN_DEMO_DIR``) and are replaced at each
+start. Only the demo's own files are ever deleted there: a directory holding anything else is
+refused. Exit codes: 0 stopped by Ctrl-C/SIGTERM, 1 a demo process died or could not start,
+2 bad input (settings, --speed, demo directory).
 """
 
 from __future__ import annotations
 
+import math
 import os
-import shutil
+import re
 import signal
 import socket
 import subprocess
@@ -60,6 +66,33 @@ def _wait_port_file(path: str, proc: subprocess.Popen, timeout: float = 30.0) ->
     raise RuntimeError("the simulated exchange did not start in time")
 
 
+# Everything the demo writes into its directory (the bot's log rotates to demo.log.1 ... .5).
+_DEMO_FILE = re.compile(r"demo\.db(-wal|-shm|-journal)?|demo\.log(\.\d+)?|demo_config\.py|exchange\.port")
+
+
+class DemoDirError(ValueError):
+    """The demo directory cannot be used; one line."""
+
+
+def prepare_workdir(path: str) -> None:
+    """Create the demo directory, or empty an earlier demo's: only the demo's own files are deleted."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise DemoDirError(f"demo directory {path} is not a directory; set BOLLMIN_DEMO_DIR to a new directory")
+    if os.path.isdir(path):
+        try:
+            names = os.listdir(path)
+        except OSError as exc:
+            raise DemoDirError(f"demo directory {path}: {exc.strerror}") from None
+        foreign = sorted(n for n in names if not _DEMO_FILE.fullmatch(n) or not os.path.isfile(os.path.join(path, n)))
+        if foreign:
+            raise DemoDirError(f"demo directory {path} holds files the demo did not write (e.g. {foreign[0]!r}); "
+                               f"it deletes its directory's contents at each start, so set BOLLMIN_DEMO_DIR to an "
+                               f"empty or new directory")
+        for name in names:  # the demo replays from the start: its DB starts afresh
+            os.remove(os.path.join(path, name))
+    os.makedirs(path, exist_ok=True)
+
+
 def write_demo_config(path: str, base, exchange_port: int, dashboard_port: int, workdir: str) -> None:
     values = {
         "SYMBOL": "BTCUSDT", "INTERVAL": "1m", "BOLL_PERIOD": base.BOLL_PERIOD, "BOLL_K": base.BOLL_K,
@@ -86,12 +119,18 @@ def main(config_path: str | None, speed: float | None, workdir: str | None = Non
         sys.stderr.write(f"bollmin: {err}\n")
         return 2
     speed = DEFAULT_SPEED if speed is None else speed
-    if speed <= 0 or speed > 100000:
-        sys.stderr.write("bollmin: --speed must be between 0 and 100000 (times real time)\n")
+    if not (math.isfinite(speed) and 0 < speed <= 100000):
+        sys.stderr.write("bollmin: --speed must be greater than 0 and at most 100000 (times real time)\n")
         return 2
     workdir = workdir or os.environ.get("BOLLMIN_DEMO_DIR") or os.path.join(HERE, "demo-data")
-    shutil.rmtree(workdir, ignore_errors=True)  # the demo replays from the start: start its DB afresh
-    os.makedirs(workdir, exist_ok=True)
+    try:
+        prepare_workdir(workdir)
+    except DemoDirError as err:
+        sys.stderr.write(f"bollmin: {err}\n")
+        return 2
+    except OSError as exc:
+        sys.stderr.write(f"bollmin: demo directory {workdir}: {exc.strerror or exc}\n")
+        return 2
     port_file = os.path.join(workdir, "exchange.port")
     env = {k: v for k, v in os.environ.items()
            if k not in ("BINANCE_API_KEY", "BINANCE_API_SECRET", "BOLLMIN_DASHBOARD_PASSWORD", "BOLLMIN_CONFIG")}
@@ -125,19 +164,23 @@ def main(config_path: str | None, speed: float | None, workdir: str | None = Non
         print(f"  数据库 (DB):         {os.path.join(workdir, 'demo.db')}")
         print(f"  模拟交易所 (simulated exchange): http://127.0.0.1:{exchange_port}  速度 speed {speed:g}x")
         print("  按 Ctrl-C 停止 (press Ctrl-C to stop)", flush=True)
-        while not stop["requested"]:
-            for p in children:
-                if p.poll() is not None:
-                    sys.stderr.write(f"bollmin: demo process {p.args[1]} exited with code {p.returncode}; "
-                                     f"stopping the demo\n")
-                    stop["requested"] = True
-                    break
-            time.sleep(0.2)
+        died = None
+        while not stop["requested"] and died is None:
+            died = next((p for p in children if p.poll() is not None), None)
+            if died is None:
+                time.sleep(0.2)
     except (OSError, RuntimeError) as exc:
         sys.stderr.write(f"bollmin: demo could not start: {exc}\n")
         _stop(children)
         return 1
     _stop(children)
+    if died is not None:
+        # Not a clean stop: a part of the demo is gone, so say so and fail (exit 1).
+        log = os.path.join(workdir, "demo.log")
+        role = ("simulated exchange", "bot", "dashboard")[children.index(died)]
+        sys.stderr.write(f"bollmin: the demo's {role} exited with code {died.returncode}; the demo stopped "
+                         f"(see {log})\n")
+        return 1
     print("演示已停止 (demo stopped)")
     return 0
 

@@ -19,8 +19,10 @@ import gzip
 import io
 import math
 import os
+import stat
+import zlib
 from collections.abc import Iterable, Iterator
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 INTERVAL_MS: dict[str, int] = {
     "1m": 60_000,
@@ -85,37 +87,141 @@ def path_ticks(candle: Candle, duration_ms: int) -> tuple[tuple[int, float], ...
     return ((t, candle.open), (t + d // 3, second), (t + 2 * d // 3, third), (t + d - 1, candle.close))
 
 
-def _open_text(path: str) -> io.TextIOBase:
-    if not os.path.exists(path):
-        raise HistoryError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise HistoryError(f"{path}: is a directory, not a kline file")
+# Limits of a kline file. A Binance kline row is about 130 bytes and six years of 1m candles
+# (all the history a USD-M contract has) about 3.2 million rows / 420 MB, so real files are far
+# inside them; they exist so that a wrong or hostile file (a device, a single endless line, a
+# gzip bomb) ends in one clear message instead of filling the memory. Documented in the README.
+MAX_KLINE_BYTES = 2**30           # 1 GiB of CSV text (for .gz: after decompression)
+MAX_LINE_CHARS = 65_536           # one line, without its line break
+MAX_BLANK_ROWS = 10_000           # empty lines (or rows of empty cells) skipped in one file
+MAX_OPEN_TIME_MS = 253_402_300_799_999  # 9999-12-31 23:59:59.999 UTC: later means not milliseconds
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a pipe (FIFO)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def _open_binary(path: str) -> tuple[BinaryIO, BinaryIO]:
+    """(file, stream): the opened regular file and its bytes, decompressed when it is gzip.
+
+    Opened without blocking and checked with fstat before reading, so a FIFO or a device is
+    refused at once instead of hanging or reading forever.
+    """
     try:
-        if path.endswith(".gz"):
-            return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-        return open(path, encoding="utf-8", newline="")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise HistoryError(f"{path}: no such file") from None
     except OSError as exc:
         raise HistoryError(f"{path}: cannot open ({exc.strerror or exc})") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise HistoryError(f"{path}: is a directory, not a kline file")
+        if not stat.S_ISREG(st.st_mode):
+            raise HistoryError(f"{path}: is {_kind(st.st_mode)}, not a kline file: save the candles to a file first")
+        if st.st_size > MAX_KLINE_BYTES:
+            raise HistoryError(f"{path}: {st.st_size:,} bytes is more than the {MAX_KLINE_BYTES:,}-byte limit of a "
+                               f"kline file: split it or compress it (.gz)")
+        fh = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        if fh.peek(2)[:2] == _GZIP_MAGIC:  # by content, whatever the name says
+            return fh, gzip.GzipFile(fileobj=fh, mode="rb")
+    except OSError as exc:
+        fh.close()
+        raise HistoryError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return fh, fh
+
+
+def _text_lines(stream: BinaryIO, path: str) -> Iterator[str]:
+    """The file's lines as text, line breaks kept (``\\n``, ``\\r\\n`` or ``\\r``), for ``csv``.
+
+    One line is read at a time with a bounded ``readline``, so memory stays small whatever the
+    file holds. Raises HistoryError naming the line for NUL bytes, text that is not UTF-8, a line
+    longer than MAX_LINE_CHARS and more than MAX_KLINE_BYTES of text.
+    A UTF-8 byte-order mark (as Excel writes) is skipped.
+    """
+    # surrogateescape never fails, so a bad byte is found on its exact line below.
+    text = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
+    readline = text.readline
+    total = lineno = 0
+    while True:
+        line = readline(MAX_LINE_CHARS + 2)  # the line, its \r\n, and so one char to tell it is too long
+        if not line:
+            return
+        lineno += 1
+        total += len(line)
+        if total > MAX_KLINE_BYTES:
+            raise HistoryError(f"{path}: more than {MAX_KLINE_BYTES:,} bytes of text (after decompression): "
+                               f"split the file")
+        if lineno == 1:
+            if line.startswith("\ufeff"):
+                line = line[1:]
+            elif line.startswith(("\udcff\udcfe", "\udcfe\udcff")):
+                raise HistoryError(f"{path}: is UTF-16 text: save it as UTF-8 (plain CSV)")
+        where = f"{path}: line {lineno}"
+        if len(line.rstrip("\r\n")) > MAX_LINE_CHARS:
+            raise HistoryError(f"{where}: longer than {MAX_LINE_CHARS:,} characters: not a kline CSV file")
+        if "\0" in line:
+            raise HistoryError(f"{where}: not a readable CSV file: it holds NUL bytes (binary data)")
+        if not line.isascii():
+            try:
+                line.encode("utf-8")
+            except UnicodeEncodeError:
+                raise HistoryError(f"{where}: not a readable CSV file: the text is not UTF-8; "
+                                   f"save it as UTF-8") from None
+        yield line
 
 
 def _number(text: str, what: str, where: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise HistoryError(f"{where}: {what} {text!r} is not a number") from None
+        raise HistoryError(f"{where}: {what} {_cell(text)} is not a number") from None
     if not math.isfinite(value):
-        raise HistoryError(f"{where}: {what} is {text!r}; prices must be finite numbers")
+        raise HistoryError(f"{where}: {what} is {_cell(text)}; it must be a finite number")
     return value
 
 
+def _cell(text: str) -> str:
+    """A CSV cell for a message: quoted, and cut short when long."""
+    return repr(text if len(text) <= 40 else text[:40] + "...")
+
+
 def _rows(path: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, cells) of every non-blank row."""
+    fh, stream = _open_binary(path)
     try:
-        with _open_text(path) as fh:
-            for lineno, row in enumerate(csv.reader(fh), start=1):
-                if row and any(cell.strip() for cell in row):
-                    yield lineno, row
-    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, csv.Error) as exc:
-        raise HistoryError(f"{path}: not a readable CSV file ({type(exc).__name__})") from None
+        lines = _text_lines(stream, path)
+        reader = csv.reader(lines)
+        blank = 0
+        for row in reader:
+            if row and any(cell.strip() for cell in row):
+                yield reader.line_num, row
+            else:
+                blank += 1
+                if blank > MAX_BLANK_ROWS:
+                    raise HistoryError(f"{path}: more than {MAX_BLANK_ROWS:,} empty rows: not a kline CSV file")
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise HistoryError(f"{path}: not a readable gzip file ({type(exc).__name__}: {exc})") from None
+    except csv.Error as exc:
+        raise HistoryError(f"{path}: not a readable CSV file ({exc})") from None
+    except OSError as exc:
+        raise HistoryError(f"{path}: read error ({exc.strerror or exc})") from None
+    finally:
+        if stream is not fh:
+            stream.close()
+        fh.close()
 
 
 def read_candles(path: str) -> list[Candle]:
@@ -162,8 +268,11 @@ def read_candles(path: str) -> list[Candle]:
         except ValueError:
             t_float = _number(row[idx[0]].strip(), "open time", where)
             if t_float != int(t_float):
-                raise HistoryError(f"{where}: open time {row[idx[0]]!r} is not whole ms") from None
+                raise HistoryError(f"{where}: open time {_cell(row[idx[0]])} is not whole ms") from None
             t = int(t_float)
+        if not 0 <= t <= MAX_OPEN_TIME_MS:
+            raise HistoryError(f"{where}: open time {_cell(row[idx[0]].strip())} is not a time in epoch milliseconds "
+                               f"from 0 to {MAX_OPEN_TIME_MS} (microseconds?)")
         fields = zip(idx[1:], ("open", "high", "low", "close"), strict=True)
         o, h, lo, c = (_number(row[i].strip(), n, where) for i, n in fields)
         v = _number(row[vol].strip(), "volume", where) if vol is not None and row[vol].strip() else 0.0

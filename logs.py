@@ -15,23 +15,38 @@ import queue
 import sys
 
 import store as db
-from config import Config
+from config import Config, mask_secrets
 
 
 class SecretFilter(logging.Filter):
-    """Replace any configured secret that slips into a log line with ***."""
+    """Replace any configured secret that slips into a log line (or its traceback) with ***.
+
+    Masking follows ``config.mask_secrets``: long secrets everywhere, short ones (4-7
+    characters) only as words of their own, so a short password cannot garble paths.
+    """
 
     def __init__(self, secrets: list[str]) -> None:
         super().__init__()
         self.secrets = [s for s in secrets if s and len(s) >= 4]
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            text = record.getMessage()
-            if any(s in text for s in self.secrets):
-                for s in self.secrets:
-                    text = text.replace(s, "***")
-                record.msg, record.args = text, None
+        if not self.secrets:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # bad format arguments: the handler reports those itself
+            return True
+        text = message
+        if record.exc_info and record.exc_info[1] is not None:
+            # The traceback (with the exception's text) is checked too; when it holds a secret it
+            # is folded, masked, into the message and the exception itself is dropped.
+            trace = logging.Formatter().formatException(record.exc_info)
+            if mask_secrets(trace, self.secrets) != trace:
+                text += "\n" + trace
+                record.exc_info, record.exc_text = None, None
+        masked = mask_secrets(text, self.secrets)
+        if masked != message:
+            record.msg, record.args = masked, None
         return True
 
 
@@ -48,6 +63,8 @@ class EventsHandler(logging.Handler):
     def __init__(self, writer: db.Writer) -> None:
         super().__init__(logging.INFO)
         self.writer = writer
+        if _secret_filter is not None:  # the events table is a log too: no secret goes in
+            self.addFilter(_secret_filter)
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.name == "bollmin.store":
@@ -62,12 +79,13 @@ class EventsHandler(logging.Handler):
 
 
 _listener: logging.handlers.QueueListener | None = None
+_secret_filter: SecretFilter | None = None
 
 
 def setup_logging(cfg: Config) -> None:
     """Log lines go through a queue to a thread that writes stderr and the rotating file, so
     no log call on the event loop waits for I/O. Secrets are masked before a line is queued."""
-    global _listener
+    global _listener, _secret_filter
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
@@ -86,7 +104,8 @@ def setup_logging(cfg: Config) -> None:
         h.setFormatter(fmt)
     lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     front = logging.handlers.QueueHandler(lines)
-    front.addFilter(SecretFilter([cfg.API_KEY, cfg.API_SECRET, cfg.DASHBOARD_PASSWORD]))
+    _secret_filter = SecretFilter([cfg.API_KEY, cfg.API_SECRET, cfg.DASHBOARD_PASSWORD])
+    front.addFilter(_secret_filter)
     root.addHandler(front)
     _listener = logging.handlers.QueueListener(lines, *handlers, respect_handler_level=True)
     _listener.start()

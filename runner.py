@@ -27,6 +27,7 @@ import asyncio
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import time
 from collections import deque
@@ -376,7 +377,8 @@ class Bot:
         executor_task = None
         code = EXIT_OK
         try:
-            self.exchange = await startup.connect_exchange(self.cfg, self.stopping, self.pause_unless_stopping)
+            self.exchange = await startup.connect_exchange(self.cfg, self.stopping, self.pause_unless_stopping,
+                                                           self.feed.last_price)
             self.paper_broker.rules = self.exchange.rules
             if not self.paper and not self.stopping.is_set():
                 await self._go_live()
@@ -440,8 +442,10 @@ def _snapshot(ledger: Ledger) -> Ledger:
 def run_bot(cfg: Config) -> int:
     try:
         bot = Bot(cfg)
-    except db.StoreError as exc:
-        log.critical("%s", exc)
+    except (db.StoreError, sqlite3.DatabaseError) as exc:
+        # An unusable DB (damaged, foreign, newer, read-only, disk full) needs a person: exit 2,
+        # which neither the AUTO_RESTART supervisor nor systemd (RestartPreventExitStatus) retries.
+        log.critical("%s", exc if isinstance(exc, db.StoreError) else db.describe(cfg.DB_PATH, exc))
         return EXIT_USAGE
     return asyncio.run(bot.run())
 

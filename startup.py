@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import store as db
+from broker import amount_warning
 from config import Config
 from exchange import AccountSetupError, Exchange, classify
 from history import Candle, HistoryError, validate_frame
@@ -25,12 +26,13 @@ INTENT_TTL_S = 60.0  # after a restart, a committed, provably unsent intent olde
 MAX_BACKFILL_PAGES = 20  # of 1500 candles
 
 
-async def connect_exchange(cfg: Config, stopping: asyncio.Event,
-                           pause: Callable[[float], Awaitable[None]]) -> Exchange:
+async def connect_exchange(cfg: Config, stopping: asyncio.Event, pause: Callable[[float], Awaitable[None]],
+                           price: float | None = None) -> Exchange:
     """The REST client with its checks done, retrying with backoff until ``stopping``.
 
     Paper: only the symbol's filters (best effort: defaults when the exchange cannot be
     reached). Live: server-time offset, filters, one-way mode and LEVERAGE, commission rate.
+    Says so when TRADE_AMOUNT_USDT is too small for entries at ``price`` (the last known).
     Raises AccountSetupError when a person must act (bad key, hedge mode, unknown symbol).
     """
     exchange = Exchange(cfg)
@@ -39,7 +41,7 @@ async def connect_exchange(cfg: Config, stopping: asyncio.Event,
         try:
             if cfg.PAPER_TRADING:
                 try:
-                    await exchange.load_rules()
+                    _warn_amount(cfg, await exchange.load_rules(), price)
                 except AccountSetupError:
                     raise
                 except Exception as exc:
@@ -47,7 +49,7 @@ async def connect_exchange(cfg: Config, stopping: asyncio.Event,
                                 exchange.rules.step)
                 return exchange
             await exchange.sync_time()
-            await exchange.load_rules()
+            _warn_amount(cfg, await exchange.load_rules(), price)
             await exchange.check_account()
             await exchange.load_commission_rate()
             return exchange
@@ -58,6 +60,13 @@ async def connect_exchange(cfg: Config, stopping: asyncio.Event,
             await pause(delay)
             delay = min(delay * 2, 60.0)
     return exchange
+
+
+def _warn_amount(cfg: Config, rules: Any, price: float | None) -> None:
+    """Say at startup when TRADE_AMOUNT_USDT is too small for (some) entries on this contract."""
+    warning = amount_warning(cfg.TRADE_AMOUNT_USDT, rules, cfg.SYMBOL, price)
+    if warning:
+        log.warning("%s", warning)
 
 
 async def resolve_intents(commit: Callable[..., Awaitable[Any]], driver: OrderDriver) -> None:

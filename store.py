@@ -17,8 +17,10 @@ import logging
 import os
 import secrets
 import sqlite3
+import stat
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -138,7 +140,101 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class StoreError(RuntimeError):
-    """The DB cannot be used (wrong file, newer schema, unwritable). One-line message."""
+    """The DB cannot be used (wrong file, newer schema, damaged, unwritable, disk full).
+
+    The message is one line naming the file and what to do; the CLI exits with code 2 (a person
+    must act, so neither systemd nor AUTO_RESTART restarts the bot).
+    """
+
+
+def damaged_message(path: str, detail: str) -> str:
+    """What to say about a damaged database file, and how to recover."""
+    return (f"database {path} is damaged ({_short(detail)}): stop bollmin, move {path} and its -wal/-shm files "
+            f"aside (sqlite3's .recover can rescue their rows) and start again with a new file; the exchange is "
+            f"the truth for the position: live trading adopts it at startup")
+
+
+def describe(path: str, exc: BaseException) -> str:
+    """One line for an SQLite or OS error on ``path``: what happened and what to do."""
+    if isinstance(exc, OSError) and not isinstance(exc, sqlite3.Error):
+        return f"database {path}: {exc.strerror or type(exc).__name__}"
+    text = _short(str(exc))
+    low = text.lower()
+    if "file is not a database" in low:
+        return (f"database {path}: not an SQLite database file: DB_PATH (or --db) must name bollmin's own "
+                f"database; move this file away or choose another path")
+    if "malformed" in low or "corrupt" in low:
+        return damaged_message(path, text)
+    if "full" in low:
+        return f"database {path}: the disk is full ({text}); the file is unchanged: free some space and run again"
+    if "readonly" in low or "read-only" in low:
+        return (f"database {path}: cannot write it ({text}): the file or its file system is read-only; "
+                f"DB_PATH must be on writable storage")
+    if "unable to open" in low:
+        return (f"database {path}: cannot open it ({text}): its directory must exist and be writable by this user "
+                f"on writable storage")
+    if "disk i/o error" in low:
+        return f"database {path}: disk I/O error: check the disk (dmesg), then run again"
+    if "locked" in low or "busy" in low:
+        return f"database {path}: locked by another process for more than 5 s; is another bollmin using this file?"
+    return f"database {path}: {text}"
+
+
+def _short(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _check_file(path: str) -> None:
+    """Refuse a directory or a special file (FIFO, device) before SQLite opens it."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(f"database {path}: {exc.strerror or type(exc).__name__}") from None
+    if stat.S_ISDIR(mode):
+        raise StoreError(f"database {path}: is a directory; DB_PATH (or --db) must name a file, e.g. data/bollmin.db")
+    if not stat.S_ISREG(mode):
+        raise StoreError(f"database {path}: is not a regular file (a pipe, device or socket); name a .db file")
+    # The 100-byte header tells a non-database or a newer schema without SQLite opening the file
+    # (which, for a database in WAL mode, would leave -wal/-shm files next to it).
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(100)
+    except OSError as exc:
+        raise StoreError(f"database {path}: cannot read it ({exc.strerror or type(exc).__name__})") from None
+    if not head:
+        return  # an empty file is a new database
+    if len(head) < 100 or not head.startswith(b"SQLite format 3\0"):
+        raise StoreError(describe(path, sqlite3.DatabaseError("file is not a database")))
+    version = int.from_bytes(head[60:64], "big", signed=True)
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"database {path}: schema version {version} is newer than this program's "
+                         f"{SCHEMA_VERSION}; upgrade bollmin (or use another file)")
+
+
+def _identify(conn: sqlite3.Connection, path: str, quick_check: bool, writable: bool = True) -> None:
+    """Refuse a file that is not a usable bollmin database, before anything is written to it.
+
+    ``quick_check`` also scans every page (about 0.3 s per 300 MB), so damage is found at startup,
+    not in the middle of trading.
+    """
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"database {path}: schema version {version} is newer than this program's "
+                         f"{SCHEMA_VERSION}; upgrade bollmin (or use another file)")
+    if version == 0:
+        tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+        if tables:
+            raise StoreError(f"database {path}: the file is a SQLite database but not a bollmin one; "
+                             f"use another file")
+        if not writable:
+            raise StoreError(f"database {path}: holds no bollmin data yet (an empty database)")
+    if quick_check:
+        result = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if result != "ok":
+            raise StoreError(damaged_message(path, str(result)))
 
 
 def now_ms() -> int:
@@ -157,30 +253,82 @@ def _setup(conn: sqlite3.Connection, readonly: bool) -> sqlite3.Connection:
 
 
 def connect(path: str) -> sqlite3.Connection:
-    """A read-write connection with the schema migrated to the current version."""
+    """A read-write connection with the schema migrated to the current version.
+
+    The file is checked first (a bollmin database, not newer, not damaged) and left untouched
+    when it fails; a new file that cannot be set up (e.g. the disk is full) is removed again.
+    Raises StoreError with a one-line message.
+    """
+    _check_file(path)
     parent = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(parent, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"database {path}: cannot create its directory {parent} "
+                         f"({exc.strerror or type(exc).__name__})") from None
+    created = not os.path.exists(path)
+    conn = None
+    try:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+        _identify(conn, path, quick_check=not created)
         _setup(conn, readonly=False)
         migrate(conn)
-    except sqlite3.DatabaseError as exc:
-        raise StoreError(f"database {path}: {exc}") from None
-    except OSError as exc:
-        raise StoreError(f"database {path}: {exc.strerror or exc}") from None
+    except BaseException as exc:
+        if conn is not None:
+            conn.close()
+        if created:
+            for leftover in (path, path + "-wal", path + "-shm", path + "-journal"):
+                try:
+                    os.remove(leftover)
+                except OSError:
+                    pass
+        if isinstance(exc, (sqlite3.DatabaseError, OSError)):
+            raise StoreError(describe(path, exc)) from None
+        raise
     return conn
 
 
-def connect_readonly(path: str) -> sqlite3.Connection:
-    """A read-only connection (``mode=ro``): it can never change trading data."""
+def connect_readonly(path: str, verify: bool = False) -> sqlite3.Connection:
+    """A read-only connection (``mode=ro``): it can never change trading data.
+
+    ``verify`` (for the CLI) also refuses, with a one-line StoreError, a directory, a file that is
+    not a (current) bollmin database, and reads a database on read-only storage when that is safe.
+    """
     if not os.path.exists(path):
         raise StoreError(f"database {path}: no such file")
-    uri = "file:" + os.path.abspath(path) + "?mode=ro"
+    if verify:
+        _check_file(path)
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
     try:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=5.0)
+        if not verify:
+            return _setup(conn, readonly=True)
+        try:
+            _identify(conn, path, quick_check=False, writable=False)
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            conn = _open_on_readonly_storage(path, exc)
+            _identify(conn, path, quick_check=False, writable=False)
         return _setup(conn, readonly=True)
     except sqlite3.DatabaseError as exc:
-        raise StoreError(f"database {path}: {exc}") from None
+        raise StoreError(describe(path, exc)) from None
+
+
+def _open_on_readonly_storage(path: str, exc: sqlite3.OperationalError) -> sqlite3.Connection:
+    """A WAL database on read-only storage cannot be opened with ``mode=ro`` without its -shm file.
+
+    With no write-ahead log (or an empty one) the main file holds everything, and ``immutable=1``
+    reads it safely; with a non-empty log the latest changes are only there, so say what to do.
+    """
+    if "unable to open" not in str(exc):
+        raise exc
+    wal = path + "-wal"
+    if os.path.exists(wal) and os.path.getsize(wal) > 0:
+        raise StoreError(f"database {path}: on read-only storage, and its latest changes are in {wal}, which "
+                         f"SQLite can only read after creating {path}-shm: copy the files to writable storage "
+                         f"and read the copy (--db COPY)")
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro&immutable=1"
+    return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=5.0)
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -207,7 +355,8 @@ def migrate(conn: sqlite3.Connection) -> None:
             conn.execute(f"PRAGMA user_version = {target + 1}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite may have rolled back by itself (e.g. disk full)
+                conn.execute("ROLLBACK")
             raise
 
 
@@ -223,7 +372,7 @@ class Store:
 
     # ---- transactions --------------------------------------------------------------------
     def transaction(self) -> _Tx:
-        return _Tx(self.conn)
+        return _Tx(self.conn, self.path)
 
     # ---- writes ---------------------------------------------------------------------------
     def add_candles(self, symbol: str, interval: str, step_ms: int, candles: Iterable[Candle]) -> None:
@@ -314,16 +463,43 @@ class Store:
 
 
 class _Tx:
-    """``with store.transaction():`` — BEGIN IMMEDIATE … COMMIT, ROLLBACK on error."""
+    """``with store.transaction():`` — BEGIN IMMEDIATE … COMMIT, ROLLBACK on error.
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
+    A storage failure (disk full, read-only, damaged, locked) inside or at COMMIT rolls back and
+    raises StoreError naming the file: the data from before the transaction stays as it was.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: str = "") -> None:
+        self.conn, self.path = conn, path
 
     def __enter__(self) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(describe(self.path, exc)) from None
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is None:
+            try:
+                self.conn.execute("COMMIT")
+                return
+            except sqlite3.DatabaseError as err:
+                exc = err
+        if self.conn.in_transaction:  # SQLite may have rolled back by itself (e.g. disk full)
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.DatabaseError:
+                pass
+        if _storage_failure(exc):
+            raise StoreError(describe(self.path, exc)) from None
+        if exc_type is None:
+            raise exc
+
+
+def _storage_failure(exc: BaseException | None) -> bool:
+    """An error of the file or the disk (not of the SQL or the data written)."""
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+        exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError))
 
 
 # ---- reads (any connection, read-only included) ---------------------------------------------
@@ -372,6 +548,17 @@ def read_trades(conn: sqlite3.Connection, limit: int | None = None, paper: bool 
         args += [limit, offset]
     rows = conn.execute(sql, args).fetchall()
     return [dict(r) for r in reversed(rows)]
+
+
+def read_trades_file(path: str, **kwargs: Any) -> list[dict[str, Any]]:
+    """``read_trades`` on the file ``path`` (read-only); any problem is a one-line StoreError."""
+    conn = connect_readonly(path, verify=True)
+    try:
+        return read_trades(conn, **kwargs)
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(describe(path, exc)) from None
+    finally:
+        conn.close()
 
 
 def trade_json(row: dict[str, Any]) -> dict[str, Any]:
