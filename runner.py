@@ -70,6 +70,7 @@ class Bot:
         self.mode = os.environ.get("BOLLMIN_MODE_LABEL") or cfg.mode
         self.step_ms = interval_ms(cfg.INTERVAL)
         self.writer = db.Writer(cfg.DB_PATH)
+        self.exit_code = EXIT_OK
         self.events = EventsHandler(self.writer)
         add_log_handler(self.events)
         status = self._call_sync(lambda s: db.read_status(s.conn))
@@ -109,6 +110,12 @@ class Bot:
         } | ledger_status(self.ledger))
 
     # ---- helpers ---------------------------------------------------------------------------------
+    def _db_damaged(self, message: str) -> None:
+        """The DB broke while running (writer thread): stop with exit 2, never trade unrecorded."""
+        log.critical("%s; stopping: nothing can be recorded any more", message)
+        self.exit_code = EXIT_USAGE
+        self._loop.call_soon_threadsafe(self.request_stop)
+
     def _call_sync(self, fn):
         return self.writer.submit(fn).result(timeout=60)
 
@@ -366,7 +373,8 @@ class Bot:
         return asyncio.get_running_loop().create_task(self.user_stream.run())
 
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
+        self.writer.on_damaged = self._db_damaged
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         sdnotify.notify("READY=1")
@@ -396,7 +404,7 @@ class Bot:
                 log.critical("bot crashed: %s: %s", type(exc).__name__, exc, exc_info=True)
                 code = EXIT_CRASH
         await self.shutdown(tasks, executor_task)
-        return code
+        return code if code != EXIT_OK else self.exit_code
 
     def request_stop(self) -> None:
         if not self.stopping.is_set():

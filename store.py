@@ -633,6 +633,13 @@ _STOP = object()
 _BATCH_MAX = 1000  # queued writes committed together at most
 
 
+def _damaged(exc: BaseException) -> bool:
+    """The file itself is broken: no write can succeed until a person replaces it."""
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.DatabaseError) and ("malformed" in text or "not a database" in text
+                                                       or "corrupt" in text)
+
+
 def _transient(exc: BaseException) -> bool:
     """A locked, busy or full database: worth retrying, the write itself is fine."""
     return isinstance(exc, sqlite3.OperationalError) and any(
@@ -653,15 +660,19 @@ class Writer:
     together (a burst costs one commit, so the queue cannot pile up). A priority write that
     arrives during a normal batch cuts the batch short at the next call boundary. A locked or
     full DB is retried with backoff, so writes wait instead of being lost, and the event loop
-    is never blocked.
+    is never blocked. A file that turns out damaged (``malformed``, ``not a database``) calls
+    ``on_damaged`` with the one-line diagnosis: nothing can be recorded any more, so the bot
+    must stop (exit 2) rather than trade unrecorded.
     """
 
-    def __init__(self, path: str, on_error: Callable[[str], None] | None = None) -> None:
+    def __init__(self, path: str, on_error: Callable[[str], None] | None = None,
+                 on_damaged: Callable[[str], None] | None = None) -> None:
         self.store = Store(path)
         self._urgent: collections.deque[Any] = collections.deque()
         self._normal: collections.deque[Any] = collections.deque()
         self._cv = threading.Condition(threading.Lock())
         self._on_error = on_error
+        self.on_damaged = on_damaged
         self._thread = threading.Thread(target=self._run, name="bollmin-db-writer", daemon=True)
         self._thread.start()
 
@@ -754,6 +765,7 @@ class Writer:
                         conn.execute("RELEASE one_write")
                         self._report(f"database write {getattr(fn, '__name__', fn)} failed: "
                                      f"{type(exc).__name__}: {exc}")
+                        self._check_damaged(exc)
                         results.append((False, exc))
                         continue
                     conn.execute("RELEASE one_write")
@@ -768,6 +780,7 @@ class Writer:
                     delay = min(delay * 2, 5.0)
                     continue
                 self._report(f"database write failed: {exc}")
+                self._check_damaged(exc)
                 for *_rest, fut in batch:
                     if fut is not None:
                         fut.set_exception(exc)
@@ -781,6 +794,13 @@ class Writer:
                 else:
                     fut.set_exception(value)
             return batch[done:]
+
+    def _check_damaged(self, exc: BaseException) -> None:
+        if self.on_damaged is not None and _damaged(exc):
+            try:
+                self.on_damaged(describe(self.store.path, exc))
+            except Exception:  # reporting must never take the writer down
+                log.exception("damaged-database callback failed")
 
     def _report(self, message: str) -> None:
         log.error(message)

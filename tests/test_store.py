@@ -427,3 +427,23 @@ def test_an_urgent_write_cuts_a_long_normal_batch_short(tmp_path):
     reader.close()
     assert row_id == 1 and messages[0] == "urgent", "committed at the next write boundary, not after the batch"
     assert messages[1:] == [f"n{i}" for i in range(300)]
+
+
+def test_a_database_that_breaks_while_running_is_reported_once_as_damaged(tmp_path):
+    """The bot stops (exit 2) on this callback: it must not go on trading with nothing recorded."""
+    damaged: list[str] = []
+    errors: list[str] = []
+    w = Writer(str(tmp_path / "d.db"), on_error=errors.append, on_damaged=damaged.append)
+    try:
+        def broken_file(s):
+            raise sqlite3.DatabaseError("database disk image is malformed")
+
+        fut = w.submit(broken_file)
+        with pytest.raises(sqlite3.DatabaseError):
+            fut.result(timeout=10)
+        fine = w.submit(_event, "still written")  # a plain bug in one write is not "damaged"
+        fine.result(timeout=10)
+    finally:
+        w.close()
+    assert len(damaged) == 1 and "is damaged" in damaged[0] and "move" in damaged[0]
+    assert str(tmp_path / "d.db") in damaged[0]
