@@ -44,10 +44,10 @@ _SECRETS: list[str] = []  # secrets of the loaded config, masked in every error 
 
 def one_line(message: str) -> str:
     """``message`` as one printable line: line breaks and control characters escaped, secrets masked."""
-    from config import ENV_SECRETS, mask_secrets
+    from config import ENV_SECRETS, env, mask_secrets
 
     text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
-    return mask_secrets(text, _SECRETS + [os.environ.get(v, "") for v in ENV_SECRETS.values()])
+    return mask_secrets(text, _SECRETS + [env(v) for v in ENV_SECRETS.values()])
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> int:
@@ -244,7 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"{command}: {what}")
     except Exception as exc:
         # Last resort: a bug. One line (the traceback only on request), exit 1.
-        if os.environ.get("BOLLMIN_DEBUG"):
+        from config import env
+
+        if env("BOLLMIN_DEBUG"):
             raise
         text = _text(exc)
         return _fail(f"{command}: unexpected {type(exc).__name__}{': ' + text if text else ''} "

@@ -47,6 +47,39 @@ ENV_SECRETS = {
     "DASHBOARD_PASSWORD": "BOLLMIN_DASHBOARD_PASSWORD",
 }
 
+#: Every environment variable bollmin reads, and why. Settings live in the settings file;
+#: the environment only carries the file's location, secrets (which win over the file) and
+#: the switches below. ``env(name)`` is how the program reads one (an undeclared name is a bug).
+ENVIRONMENT: dict[str, str] = {
+    "BOLLMIN_CONFIG": "the settings file when --config is not given",
+    "BINANCE_API_KEY": "API_KEY (wins over the settings file)",
+    "BINANCE_API_SECRET": "API_SECRET (wins over the settings file)",
+    "BOLLMIN_DASHBOARD_PASSWORD": "DASHBOARD_PASSWORD (wins over the settings file)",
+    "BOLLMIN_DASHBOARD_SECRET_KEY": "dashboard: a fixed key for signing login cookies (default: random at each "
+                                    "start, so a restart logs everyone out)",
+    "BOLLMIN_DEMO_DIR": "demo: where the demo keeps its files (default: bollmin-demo-<uid> in the temp directory)",
+    "BOLLMIN_DEBUG": "show the traceback of an unexpected error (for a bug report)",
+    # internal: set by bollmin itself, by its tests or by its benchmarks
+    "BOLLMIN_MODE_LABEL": "internal: the mode badge the demo gives its bot (DEMO)",
+    "BOLLMIN_SUPERVISED": "internal: marks the bot process the AUTO_RESTART supervisor started",
+    "BOLLMIN_FAULT": "internal, tests only: kill the bot at a step of an order (after_intent, after_send, "
+                     "after_reply)",
+    "BOLLMIN_TIMING": "internal, benchmarks only: write timing probes along each order's way to this file",
+    # set by systemd for a Type=notify service (sdnotify.py)
+    "NOTIFY_SOCKET": "systemd: where to send READY/WATCHDOG/STATUS",
+    "WATCHDOG_USEC": "systemd: the watchdog period",
+    "WATCHDOG_PID": "systemd: the process the watchdog is for",
+    "SYSTEMD_EXEC_PID": "systemd: the service's main process",
+    "INVOCATION_ID": "systemd: set in every service it runs",
+}
+
+
+def env(name: str) -> str:
+    """The value of a declared environment variable ("" when unset)."""
+    if name not in ENVIRONMENT:
+        raise KeyError(f"environment variable {name} is not declared in config.ENVIRONMENT")
+    return os.environ.get(name, "")
+
 
 MAX_CONFIG_BYTES = 2**20  # a settings file: the full default file is about 4 KB
 MAX_TEXT_CHARS = 4096     # any text setting (paths, URLs, secrets)

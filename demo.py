@@ -4,8 +4,7 @@
    USDⓈ-M exchange on 127.0.0.1 (REST + market streams).
 2. ``bollmin.py run`` trades against it through the **real live path** (signed MARKET
    orders with demo credentials, exactly-once intents, reconciliation) with INTERVAL 1m,
-   badged DEMO, with its own DB ``demo-data/demo.db`` (started afresh each time, never
-   the real ``DB_PATH``).
+   badged DEMO, with its own DB (started afresh each time, never the real ``DB_PATH``).
 3. ``bollmin.py dashboard`` on DASHBOARD_HOST:DASHBOARD_PORT with the demo login.
 
 ``--speed N`` replays at N× real time (default 30: a 1m candle every 2 s). Ctrl-C (SIGINT)
@@ -13,10 +12,11 @@ or SIGTERM stops every child within 5 s. Strategy settings (BOLL_*, TRADE_AMOUNT
 LEVERAGE, dashboard port) may come from ``--config``; the exchange, credentials, mode and
 paths are always the demo's own.
 
-The demo's files live in ``demo-data/`` (or ``$BOLLMIN_DEMO_DIR``) and are replaced at each
-start. Only the demo's own files are ever deleted there: a directory holding anything else is
-refused. Exit codes: 0 stopped by Ctrl-C/SIGTERM, 1 a demo process died or could not start,
-2 bad input (settings, --speed, demo directory).
+The demo's files live outside the source tree, in ``bollmin-demo-<uid>`` in the temp directory
+(or ``$BOLLMIN_DEMO_DIR``), and are replaced at each start. Only the demo's own files are ever
+deleted there: a directory holding anything else is refused. Exit codes: 0 stopped by
+Ctrl-C/SIGTERM, 1 a demo process died or could not start, 2 bad input (settings, --speed,
+demo directory).
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
-from config import ConfigError, load_config
+from config import ConfigError, env, load_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "marketdata", "btcusdt_um_1m_2025-05.csv.gz")
@@ -72,6 +73,11 @@ _DEMO_FILE = re.compile(r"demo\.db(-wal|-shm|-journal)?|demo\.log(\.\d+)?|demo_c
 
 class DemoDirError(ValueError):
     """The demo directory cannot be used; one line."""
+
+
+def default_workdir() -> str:
+    """The demo's own directory, outside the source tree: ``bollmin-demo-<uid>`` in the temp directory."""
+    return os.path.join(tempfile.gettempdir(), f"bollmin-demo-{os.getuid()}")
 
 
 def prepare_workdir(path: str) -> None:
@@ -122,7 +128,7 @@ def main(config_path: str | None, speed: float | None, workdir: str | None = Non
     if not (math.isfinite(speed) and 0 < speed <= 100000):
         sys.stderr.write("bollmin: --speed must be greater than 0 and at most 100000 (times real time)\n")
         return 2
-    workdir = workdir or os.environ.get("BOLLMIN_DEMO_DIR") or os.path.join(HERE, "demo-data")
+    workdir = workdir or env("BOLLMIN_DEMO_DIR") or default_workdir()
     try:
         prepare_workdir(workdir)
     except DemoDirError as err:
@@ -132,8 +138,8 @@ def main(config_path: str | None, speed: float | None, workdir: str | None = Non
         sys.stderr.write(f"bollmin: demo directory {workdir}: {exc.strerror or exc}\n")
         return 2
     port_file = os.path.join(workdir, "exchange.port")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("BINANCE_API_KEY", "BINANCE_API_SECRET", "BOLLMIN_DASHBOARD_PASSWORD", "BOLLMIN_CONFIG")}
+    child_env = {k: v for k, v in os.environ.items()
+                 if k not in ("BINANCE_API_KEY", "BINANCE_API_SECRET", "BOLLMIN_DASHBOARD_PASSWORD", "BOLLMIN_CONFIG")}
     children: list[subprocess.Popen] = []
     stop = {"requested": False}
 
@@ -148,16 +154,16 @@ def main(config_path: str | None, speed: float | None, workdir: str | None = Non
             [py, os.path.join(HERE, "simexchange.py"), "--klines", DATA, "--port", "0", "--port-file", port_file,
              "--speed", str(speed), "--history", "120", "--api-key", DEMO_KEY, "--api-secret", DEMO_SECRET,
              "--log-level", "warning"],
-            env=env, stdout=subprocess.DEVNULL))
+            env=child_env, stdout=subprocess.DEVNULL))
         exchange_port = _wait_port_file(port_file, children[0])
         dash_port = _free_port(base.DASHBOARD_PORT)
         cfg_path = os.path.join(workdir, "demo_config.py")
         write_demo_config(cfg_path, base, exchange_port, dash_port, workdir)
-        bot_env = dict(env, BOLLMIN_MODE_LABEL="DEMO")
+        bot_env = dict(child_env, BOLLMIN_MODE_LABEL="DEMO")
         children.append(subprocess.Popen([py, os.path.join(HERE, "bollmin.py"), "run", "--config", cfg_path],
                                          env=bot_env, stderr=subprocess.DEVNULL))
         children.append(subprocess.Popen([py, os.path.join(HERE, "bollmin.py"), "dashboard", "--config", cfg_path],
-                                         env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
+                                         env=child_env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
         print("bollmin 演示 (demo) 已启动 — 离线回放真实 BTCUSDT 行情 (offline replay of real BTCUSDT data)")
         print(f"  仪表盘 (dashboard):  http://127.0.0.1:{dash_port}/")
         print(f"  登录 (login):        用户名 user {DEMO_USER} / 密码 password {DEMO_PASSWORD}")

@@ -24,6 +24,7 @@ from typing import Any
 import orders as lifecycle
 import timing
 from broker import Ledger, client_order_id, ledger_status
+from config import env
 from exchange import ApiError, Exchange, Outcome, classify
 from orders import OrderStatus
 from state import Action, Reason
@@ -42,7 +43,7 @@ def fault(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-_FAULT = os.environ.get("BOLLMIN_FAULT", "")
+_FAULT = env("BOLLMIN_FAULT")
 
 
 @dataclass

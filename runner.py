@@ -41,7 +41,7 @@ import store as db
 import timing
 from broker import Ledger, PaperBroker, ledger_from_status, ledger_status, record_transition, state_from_status
 from commands import serve_commands
-from config import Config
+from config import Config, env
 from engine import Engine, Transition
 from exchange import AccountSetupError, ApiError
 from executor import Executor, Job, Leg
@@ -67,7 +67,7 @@ class Bot:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.paper = cfg.PAPER_TRADING
-        self.mode = os.environ.get("BOLLMIN_MODE_LABEL") or cfg.mode
+        self.mode = env("BOLLMIN_MODE_LABEL") or cfg.mode
         self.step_ms = interval_ms(cfg.INTERVAL)
         self.writer = db.Writer(cfg.DB_PATH)
         self.exit_code = EXIT_OK

@@ -23,6 +23,8 @@ import sys
 import time
 from typing import Any
 
+from config import env
+
 log = logging.getLogger("bollmin")
 
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_ACCOUNT = 0, 1, 2, 3
@@ -32,7 +34,7 @@ SUPERVISED_ENV = "BOLLMIN_SUPERVISED"  # internal: set in the child so it does n
 
 def supervised_child() -> bool:
     """True in the child process the supervisor started."""
-    return bool(os.environ.get(SUPERVISED_ENV))
+    return bool(env(SUPERVISED_ENV))
 
 
 def supervise(argv: list[str]) -> int:

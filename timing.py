@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import atexit
 import json
-import os
 import time
 from typing import Any
 
-_PATH = os.environ.get("BOLLMIN_TIMING") or None
+from config import env
+
+_PATH = env("BOLLMIN_TIMING") or None
 ON = _PATH is not None
 _marks: list[tuple[str, Any, int]] = []
 

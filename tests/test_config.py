@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -279,3 +280,25 @@ def test_config_option_is_used(tmp_path, bollmin_cli, command):
 def test_unknown_subcommand_or_option_is_a_one_line_usage_error(bollmin_cli):
     r = bollmin_cli("backtest", "--klines", "x.csv", "--frobnicate")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_every_environment_variable_the_program_reads_is_declared():
+    """Settings live in the settings file; the few environment variables are listed in config.ENVIRONMENT."""
+    import re
+
+    from config import ENVIRONMENT, env
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    read = set()
+    for name in os.listdir(root):
+        if not name.endswith(".py"):
+            continue
+        with open(os.path.join(root, name), encoding="utf-8") as fh:
+            text = fh.read()
+        read |= set(re.findall(r"""env\(\s*["']([A-Z_][A-Z0-9_]*)["']""", text))
+        read |= set(re.findall(r"""environ(?:\.get)?[\[(]\s*["']([A-Z_][A-Z0-9_]*)["']""", text))
+        read |= set(re.findall(r"""getenv\(\s*["']([A-Z_][A-Z0-9_]*)["']""", text))
+    assert read, "the scan found nothing: the patterns are wrong"
+    assert read <= set(ENVIRONMENT), f"read but not declared: {sorted(read - set(ENVIRONMENT))}"
+    with pytest.raises(KeyError):
+        env("BOLLMIN_SOMETHING_NEW")
