@@ -1,6 +1,6 @@
 """``bollmin.py backtest``: history through the same engine and paper broker as the live bot.
 
-Decisions where SPEC §7 leaves room (also in the README):
+Decisions about the summary's figures (also in the README):
 * ``trades`` counts closed positions (round trips); ``orders`` counts order actions.
 * ``net_pnl_usdt`` = realised PnL of closed positions − every fee paid (including the entry
   fee of a position still open at the end); that open position's mark-to-market is reported

@@ -1,9 +1,9 @@
 """Order sizing, position accounting, and the paper broker.
 
 * ``SymbolRules`` — the exchange's quantity/price filters as ``Decimal``.
-* ``order_qty`` — TRADE_AMOUNT_USDT / price rounded **down** to the step (SPEC §4).
+* ``order_qty`` — TRADE_AMOUNT_USDT / price rounded **down** to the step.
 * ``Ledger`` — position, entry price, realised PnL and fees; used by paper and live alike.
-* ``PaperBroker`` — fills every order at the tick price with ``PAPER_FEE_RATE`` (SPEC §4).
+* ``PaperBroker`` — fills every order at the tick price with ``PAPER_FEE_RATE``.
 
 Pure: recording fills in SQLite is the caller's job (``record_transition``).
 """

@@ -3,7 +3,7 @@
 Backtest, paper and live trading feed the same ``Engine``; they differ only in where
 ticks come from and which broker fills the orders.
 
-Candle boundaries come from exchange timestamps only (SPEC §3): a trade whose time is at
+Candle boundaries come from exchange timestamps only (docs/strategy.md): a trade whose time is at
 or after the forming candle's close time belongs to the next candle, and the forming
 candle closes at the last price before it. A kline "closed" event confirms that close or
 corrects it. Closing a candle only rolls the window; it is not an extra evaluation of the

@@ -1,4 +1,4 @@
-"""Market data over WebSocket: connect, parse, filter, reconnect (SPEC §3).
+"""Market data over WebSocket: connect, parse, filter, reconnect.
 
 One combined connection on Binance's routed ``/market`` path carries the kline stream (candle
 closes, ``k.x``) and aggTrade (ticks). Ticks come from aggTrade only — the kline's live close

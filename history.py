@@ -72,7 +72,7 @@ def interval_name(ms: int) -> str | None:
 
 
 def path_ticks(candle: Candle, duration_ms: int) -> tuple[tuple[int, float], ...]:
-    """The 4 ticks (time_ms, price) a candle is replayed as (SPEC §7).
+    """The 4 ticks (time_ms, price) a candle is replayed as (docs/strategy.md).
 
     close >= open: O, L, H, C; close < open: O, H, L, C; at t, t+d//3, t+2d//3, t+d-1.
 
@@ -300,7 +300,7 @@ def _chain(first: tuple[int, list[str]], rest: Iterator[tuple[int, list[str]]]) 
 
 
 def infer_interval_ms(candles: list[Candle]) -> int:
-    """The file's interval: the smallest gap between consecutive open times (SPEC §7)."""
+    """The file's interval: the smallest gap between consecutive open times (docs/strategy.md)."""
     if len(candles) < 2:
         raise HistoryError("need at least 2 candles to tell the file's interval")
     return min(b.open_time_ms - a.open_time_ms for a, b in zip(candles, candles[1:], strict=False))
@@ -335,7 +335,7 @@ def aggregate(candles: list[Candle], target_ms: int) -> list[Candle]:
 
 
 def validate_frame(rows: list[Candle], step_ms: int) -> None:
-    """Validate history loaded over REST or from the DB with pandas (SPEC §3).
+    """Validate history loaded over REST or from the DB with pandas.
 
     Checks: no duplicates, contiguous open times at ``step_ms``, finite positive prices,
     high >= max(open, close), low <= min(open, close). Raises HistoryError naming the first

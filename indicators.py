@@ -1,4 +1,4 @@
-"""Live Bollinger bands (SPEC §1), O(1) per tick.
+"""Live Bollinger bands, O(1) per tick (docs/strategy.md).
 
 The window is the closes of the last ``period - 1`` closed candles plus the current price
 (the forming candle's live close) — what Binance's own chart shows for the forming candle.

@@ -2,7 +2,7 @@
 market streams under ``/market``, replaying a kline file (see ``simmarket``).
 
 The bot cannot tell it from Binance except by URL: same paths, signing, error JSON and
-payload shapes (BINANCE.md). Only MARKET orders exist; they fill at once at the last
+payload shapes (docs/exchange.md). Only MARKET orders exist; they fill at once at the last
 replayed trade price with a 0.05 % taker fee. Order and account times are the server's wall
 clock (plus a controllable skew), as on Binance; market data carries data time.
 

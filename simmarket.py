@@ -1,7 +1,7 @@
 """Market side of the simulated exchange: a kline file replayed as Binance USDⓈ-M streams.
 
 Each source candle (interval d, inferred from the file) is played as the 4 ticks of
-``history.path_ticks`` (SPEC §7). A tick is one ``aggTrade``; after it, every tracked kline
+``history.path_ticks`` (docs/strategy.md). A tick is one ``aggTrade``; after it, every tracked kline
 interval (a multiple of d, bucket = open_time // interval) gets an ``x:false`` update of its
 forming candle, and a candle's ``x:true`` goes out just before the first tick of the next
 bucket (and after the very last tick of the data). Every time in a message is data time.

@@ -1,4 +1,4 @@
-"""The strategy: seven states and the SPEC §2 transition table, as data.
+"""The strategy: seven states and their transition table, as data (docs/strategy.md).
 
 Every transition the strategy can make lives in ``TABLE`` in this file. ``step`` looks up the
 rows of the current state, takes the first whose condition holds for the tick, and returns
@@ -113,7 +113,7 @@ CONDITIONS: dict[str, Callable[[float, float, float], bool]] = {
 _OPEN_LONG = Order(Action.OPEN_LONG, Reason.ENTRY)
 _OPEN_SHORT = Order(Action.OPEN_SHORT, Reason.ENTRY)
 
-# SPEC §2, row for row. Within a state the rules are checked in order; the first match wins.
+# The strategy, row for row. Within a state the rules are checked in order; the first match wins.
 TABLE: dict[State, tuple[Rule, ...]] = {
     State.FLAT: (
         Rule("p > UP", (), State.FLAT_ABOVE_UP),

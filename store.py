@@ -562,7 +562,7 @@ def read_trades_file(path: str, **kwargs: Any) -> list[dict[str, Any]]:
 
 
 def trade_json(row: dict[str, Any]) -> dict[str, Any]:
-    """One order as the ``trades --json`` object (SPEC §7)."""
+    """One order as the ``trades --json`` object."""
     filled = row["status"] == "filled"
     return {
         "time_ms": row["time_ms"],

@@ -1,4 +1,4 @@
-"""``python bollmin.py backtest`` (SPEC §7) as a user runs it, checked against an independent replay."""
+"""``python bollmin.py backtest`` (README) as a user runs it, checked against an independent replay."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ ACTION_KEYS = {"time_ms", "action", "price", "reason", "state"}
 SUMMARY_KEYS = {"trades", "net_pnl_usdt", "fees_usdt", "win_rate", "max_drawdown_usdt"}
 STATES = {"FLAT", "FLAT_ABOVE_UP", "FLAT_BELOW_DN", "LONG", "LONG_ABOVE_UP", "SHORT", "SHORT_BELOW_DN"}
 
-# ---- an independent replay: SPEC §2 table + §7 ticks + pandas bands, written from the SPEC --------------
+# ---- an independent replay: docs/strategy.md table + the 4-tick replay + pandas bands, written from docs/strategy.md --------------
 
 SPEC_TABLE: dict[str, list[tuple[str, tuple[tuple[str, str], ...], str]]] = {
     "FLAT": [(">UP", (), "FLAT_ABOVE_UP"), ("<DN", (), "FLAT_BELOW_DN")],
@@ -49,7 +49,7 @@ def _qty(amount: float, price: float) -> float:
 
 def reference(frame: pd.DataFrame, fine_ms: int, target_ms: int, period: int = 20, k: float = 2.0,
               amount: float = 200.0, fee_rate: float = 0.0005) -> tuple[list[dict], dict]:
-    """Action lines and summary figures of a backtest, from the SPEC alone.
+    """Action lines and summary figures of a backtest, from the documented rules alone.
 
     ``frame``: the file's candles (columns open_time_ms, open, high, low, close), ``fine_ms`` apart.
     """

@@ -1,4 +1,4 @@
-"""Order sizing, the ledger and the paper broker (SPEC §4)."""
+"""Order sizing, the ledger and the paper broker (docs/orders.md)."""
 
 from __future__ import annotations
 

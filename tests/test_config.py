@@ -1,4 +1,4 @@
-"""Settings (SPEC §6) and the command line's common options (SPEC §7)."""
+"""Settings (config.py) and the command line's common options (README)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The engine (SPEC §1–§3): the candle clock from exchange timestamps, one table step per tick."""
+"""The engine (docs/strategy.md): the candle clock from exchange timestamps, one table step per tick."""
 
 from __future__ import annotations
 

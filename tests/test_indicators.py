@@ -1,4 +1,4 @@
-"""LiveBoll (SPEC §1): the live window, its agreement with pandas on real data, its numerics."""
+"""LiveBoll (docs/strategy.md): the live window, its agreement with pandas on real data, its numerics."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def test_every_tick_of_2023_agrees_with_pandas(candles_15m_2023):
         for _t, price in path_ticks(candle, 900_000):
             bands = boll.bands(price)
             if j < PERIOD - 1:
-                assert bands is None  # SPEC §1: no bands (no trading) before 19 closed candles
+                assert bands is None  # docs/strategy.md: no bands (no trading) before 19 closed candles
                 continue
             ours.append(bands)
             prices.append(price)

@@ -37,7 +37,7 @@ KEY, SECRET = "test-key", "test-secret"
 MIN15 = 900_000
 CANDLES = read_candles(str(DATA_1M))[:3000]
 
-# BINANCE.md's documented stream samples (shapes only).
+# docs/exchange.md's documented stream samples (shapes only).
 KLINE_SAMPLE = {"e": "kline", "E": 1638747660000, "s": "BTCUSDT", "k": {
     "t": 1638747660000, "T": 1638747719999, "s": "BTCUSDT", "i": "1m", "f": 100, "L": 200, "o": "0.0010",
     "c": "0.0020", "h": "0.0025", "l": "0.0015", "v": "1000", "n": 100, "x": False, "q": "1.0000", "V": "500",

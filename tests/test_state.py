@@ -1,4 +1,4 @@
-"""The strategy table (SPEC §2): every row, the rule order, and that nothing else moves the state."""
+"""The strategy table (docs/strategy.md): every row, the rule order, and that nothing else moves the state."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ UP, DN = 110.0, 90.0  # live bands of the tick (MID 100)
 OPEN_LONG = ("open_long", "entry")
 OPEN_SHORT = ("open_short", "entry")
 
-# SPEC §2, written out independently of state.py: (from, condition, orders, to), in the SPEC's order.
+# docs/strategy.md's table, written out independently of state.py: (from, condition, orders, to), in its order.
 SPEC_ROWS: list[tuple[str, str, tuple[tuple[str, str], ...], str]] = [
     ("FLAT", "p > UP", (), "FLAT_ABOVE_UP"),
     ("FLAT", "p < DN", (), "FLAT_BELOW_DN"),
@@ -112,7 +112,7 @@ def test_zero_width_bands():
 
 def test_rule_order_within_a_state():
     """With UP < DN (impossible from real bands, but it shows which row is checked first) a price
-    between them satisfies both rows of FLAT, SHORT and LONG: the first row in SPEC order wins."""
+    between them satisfies both rows of FLAT, SHORT and LONG: the first row in the documented order wins."""
     up, dn, p = 90.0, 110.0, 100.0  # p > UP and p < DN both hold
     assert run("FLAT", p, up, dn) == ("FLAT_ABOVE_UP", ())
     assert run("SHORT", p, up, dn) == ("FLAT_ABOVE_UP", (("close_short", "stop_loss"),))
@@ -193,7 +193,7 @@ def test_table_is_a_dict_keyed_by_state_with_the_ten_rows():
     rows = [(frm.value, rule.when, tuple((o.action.value, o.reason.value) for o in rule.orders), rule.to.value)
             for frm, rules in TABLE.items() for rule in rules]
     assert sorted(rows) == sorted(SPEC_ROWS)
-    for frm in State:  # order within each state as in SPEC
+    for frm in State:  # order within each state as documented
         assert [r[1] for r in rows if r[0] == frm.value] == [r[1] for r in SPEC_ROWS if r[0] == frm.value]
 
 
@@ -201,7 +201,7 @@ def test_action_and_reason_names_and_sides():
     assert [a.value for a in Action] == ["open_long", "open_short", "close_long", "close_short"]
     assert {"entry", "take_profit", "stop_loss"} <= {r.value for r in Reason}
     table_reasons = {o.reason.value for rules in TABLE.values() for rule in rules for o in rule.orders}
-    assert table_reasons == {"entry", "take_profit", "stop_loss"}  # the table uses exactly the SPEC's
+    assert table_reasons == {"entry", "take_profit", "stop_loss"}  # the table uses exactly the documented ones
     assert {a.value: a.side for a in Action} == {"open_long": "BUY", "open_short": "SELL",
                                                  "close_long": "SELL", "close_short": "BUY"}
 

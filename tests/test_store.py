@@ -1,4 +1,4 @@
-"""SQLite storage (SPEC §5): real files, the schema's version, the one writer, the sqlite3 CLI."""
+"""SQLite storage (docs/database.md): real files, the schema's version, the one writer, the sqlite3 CLI."""
 
 from __future__ import annotations
 
