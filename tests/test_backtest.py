@@ -24,7 +24,7 @@ ACTION_KEYS = {"time_ms", "action", "price", "reason", "state"}
 SUMMARY_KEYS = {"trades", "net_pnl_usdt", "fees_usdt", "win_rate", "max_drawdown_usdt"}
 STATES = {"FLAT", "FLAT_ABOVE_UP", "FLAT_BELOW_DN", "LONG", "LONG_ABOVE_UP", "SHORT", "SHORT_BELOW_DN"}
 
-# ---- an independent replay: docs/strategy.md table + the 4-tick replay + pandas bands, written from docs/strategy.md --------------
+# ---- an independent replay: the table, the 4-tick path and pandas bands, written from docs/strategy.md -----
 
 SPEC_TABLE: dict[str, list[tuple[str, tuple[tuple[str, str], ...], str]]] = {
     "FLAT": [(">UP", (), "FLAT_ABOVE_UP"), ("<DN", (), "FLAT_BELOW_DN")],
