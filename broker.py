@@ -173,13 +173,6 @@ class PaperBroker:
                 refused = str(exc)
         return fills, refused
 
-    def execute(self, transition: Transition) -> list[Fill]:
-        """All orders of a transition; raises OrderSizeError for an entry below the minimums."""
-        fills, refused = self.fill_orders(transition.orders, transition.price)
-        if refused:
-            raise OrderSizeError(refused)
-        return fills
-
 
 def client_order_id(db_id: str, transition_id: int, leg: str) -> str:
     """Deterministic ``newClientOrderId``: ``bm-<db id>-<transition id>-<leg>`` (≤ 36 chars).

@@ -24,9 +24,6 @@ class State(StrEnum):
     SHORT = "SHORT"
     SHORT_BELOW_DN = "SHORT_BELOW_DN"
 
-    def __str__(self) -> str:
-        return self.value
-
 
 LABEL_ZH: dict[State, str] = {
     State.FLAT: "空仓等待",
@@ -66,9 +63,6 @@ class Action(StrEnum):
     CLOSE_LONG = "close_long"
     CLOSE_SHORT = "close_short"
 
-    def __str__(self) -> str:
-        return self.value
-
     @property
     def side(self) -> str:
         """Binance order side."""
@@ -85,9 +79,6 @@ class Reason(StrEnum):
     STOP_LOSS = "stop_loss"
     MANUAL = "manual"  # not in the table: a person closed the position from the dashboard
 
-    def __str__(self) -> str:
-        return self.value
-
 
 class Order(NamedTuple):
     """An order the strategy asks for (what and why); sizing is the broker's business."""
@@ -97,18 +88,10 @@ class Order(NamedTuple):
 
 
 class Rule(NamedTuple):
-    when: str  # a key of CONDITIONS
+    when: str  # the condition on the tick price p and the live bands including that tick: a key of _BAND_OP
     orders: tuple[Order, ...]
     to: State
 
-
-# Conditions on the tick price p and the live bands including that tick.
-CONDITIONS: dict[str, Callable[[float, float, float], bool]] = {
-    "p > UP": lambda p, up, dn: p > up,
-    "p < DN": lambda p, up, dn: p < dn,
-    "p <= UP": lambda p, up, dn: p <= up,
-    "p >= DN": lambda p, up, dn: p >= dn,
-}
 
 _OPEN_LONG = Order(Action.OPEN_LONG, Reason.ENTRY)
 _OPEN_SHORT = Order(Action.OPEN_SHORT, Reason.ENTRY)

@@ -125,9 +125,16 @@ def _tr(frm: State, to: State, price: float, *orders: Order) -> Transition:
     return Transition(1_700_000_000_000, frm, to, price, Bands(price + 10, price, price - 10), tuple(orders))
 
 
+def _fill(broker: PaperBroker, tr: Transition):
+    """All orders of a transition, as run and backtest fill them (no entry refused here)."""
+    fills, refused = broker.fill_orders(tr.orders, tr.price)
+    assert refused is None
+    return fills
+
+
 def test_paper_fill_is_at_the_tick_price_with_the_paper_fee():
     broker = PaperBroker(200.0, 0.0005)
-    fills = broker.execute(_tr(State.FLAT_BELOW_DN, State.LONG, 27000.0, Order(Action.OPEN_LONG, Reason.ENTRY)))
+    fills = _fill(broker, _tr(State.FLAT_BELOW_DN, State.LONG, 27000.0, Order(Action.OPEN_LONG, Reason.ENTRY)))
     assert len(fills) == 1
     f = fills[0]
     assert (f.action, f.reason, f.price, f.qty) == (Action.OPEN_LONG, Reason.ENTRY, 27000.0, 0.007)
@@ -138,9 +145,9 @@ def test_paper_fill_is_at_the_tick_price_with_the_paper_fee():
 
 def test_reversal_closes_then_opens_at_the_same_price():
     broker = PaperBroker(200.0, 0.0005)
-    broker.execute(_tr(State.FLAT_ABOVE_UP, State.SHORT, 30000.0, Order(Action.OPEN_SHORT, Reason.ENTRY)))
+    _fill(broker, _tr(State.FLAT_ABOVE_UP, State.SHORT, 30000.0, Order(Action.OPEN_SHORT, Reason.ENTRY)))
     assert broker.ledger.qty == pytest.approx(-0.006)
-    fills = broker.execute(_tr(State.SHORT_BELOW_DN, State.LONG, 27000.0,
+    fills = _fill(broker, _tr(State.SHORT_BELOW_DN, State.LONG, 27000.0,
                                Order(Action.CLOSE_SHORT, Reason.TAKE_PROFIT), Order(Action.OPEN_LONG, Reason.ENTRY)))
     assert [(f.action, f.reason) for f in fills] == [(Action.CLOSE_SHORT, Reason.TAKE_PROFIT),
                                                      (Action.OPEN_LONG, Reason.ENTRY)]
@@ -157,7 +164,7 @@ def test_reversal_closes_then_opens_at_the_same_price():
 
 def test_close_with_nothing_held_is_skipped():
     broker = PaperBroker(200.0, 0.0005)
-    fills = broker.execute(_tr(State.LONG_ABOVE_UP, State.SHORT, 27000.0,
+    fills = _fill(broker, _tr(State.LONG_ABOVE_UP, State.SHORT, 27000.0,
                                Order(Action.CLOSE_LONG, Reason.TAKE_PROFIT), Order(Action.OPEN_SHORT, Reason.ENTRY)))
     assert [f.action for f in fills] == [Action.OPEN_SHORT]
 
