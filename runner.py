@@ -447,7 +447,14 @@ def _snapshot(ledger: Ledger) -> Ledger:
 
 # ---- entry points ---------------------------------------------------------------------------------
 
+SWITCH_INTERVAL_S = 0.0005
+
+
 def run_bot(cfg: Config) -> int:
+    # The DB writer and logging threads need the GIL for every statement they run; with
+    # CPython's 5 ms switch interval a busy event loop makes them wait and their queues (and
+    # the process's memory) grow under a firehose. 0.5 ms keeps them close behind (BENCHMARKS.md).
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         bot = Bot(cfg)
     except (db.StoreError, sqlite3.DatabaseError) as exc:
