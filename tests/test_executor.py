@@ -119,14 +119,23 @@ class Rig:
         self.ex.submit(job)
         return job
 
-    async def drain(self) -> None:
-        task = asyncio.ensure_future(self.ex.run())
+    def start(self) -> asyncio.Task:
+        """The executor running; ``finish`` it."""
+        self.task = asyncio.ensure_future(self.ex.run())
+        return self.task
+
+    async def finish(self) -> None:
+        """Let the executor work until it is idle, then stop it."""
         for _ in range(200):
             await asyncio.sleep(0)
             if self.ex.idle:
                 break
         self.ex.stop()
-        await asyncio.wait_for(task, 5)
+        await asyncio.wait_for(self.task, 5)
+
+    async def drain(self) -> None:
+        self.start()
+        await self.finish()
 
 
 OPEN_SHORT = Order(Action.OPEN_SHORT, Reason.ENTRY)
@@ -148,16 +157,13 @@ def test_orders_go_out_in_the_order_decided_and_a_later_one_waits_for_the_earlie
         r.decide(OPEN_SHORT, to=State.SHORT)
         r.decide(CLOSE_SHORT_TP, OPEN_LONG, price=94_000.0, to=State.LONG)  # a reversal decided meanwhile
         r.decide(CLOSE_LONG_TP, OPEN_SHORT, price=96_000.0, to=State.SHORT)
-        task = asyncio.ensure_future(r.ex.run())
+        r.start()
         for _ in range(20):
             await asyncio.sleep(0)
         assert len(r.driver.sent) == 1, "the second order waits until the first is resolved"
         assert r.ex.backlog == 3
         gate.set()
-        for _ in range(200):
-            await asyncio.sleep(0)
-        r.ex.stop()
-        await asyncio.wait_for(task, 5)
+        await r.finish()
         return r
 
     r = run(body())
@@ -251,15 +257,12 @@ def test_a_stale_entry_is_not_sent_but_a_late_close_always_goes_out(caplog):
         r.clock.t += 5
         r.decide(OPEN_SHORT, to=State.SHORT)               # decided at t=105
         r.decide(CLOSE_SHORT_SL, to=State.FLAT_ABOVE_UP)
-        task = asyncio.ensure_future(r.ex.run())
+        r.start()
         for _ in range(10):
             await asyncio.sleep(0)
         r.clock.t += 20  # the first order hangs for 20 s (say the exchange is slow to answer)
         gate.set()
-        for _ in range(200):
-            await asyncio.sleep(0)
-        r.ex.stop()
-        await asyncio.wait_for(task, 5)
+        await r.finish()
         return r
 
     with caplog.at_level(logging.WARNING):
@@ -277,17 +280,14 @@ def test_a_backlog_beyond_the_bound_is_dropped_whole_and_the_bot_reconciles():
         gate = asyncio.Event()
         r.driver.gates[0] = gate
         r.decide(OPEN_SHORT, to=State.SHORT)
-        task = asyncio.ensure_future(r.ex.run())
+        r.start()
         await asyncio.sleep(0)
         for i in range(MAX_BACKLOG_JOBS + 1):
             r.decide(CLOSE_SHORT_SL if i % 2 == 0 else OPEN_SHORT, to=State.SHORT)
         assert r.ex.backlog <= 2
         r.exchange.positions = [(Decimal("-0.002"), 95_000.0)]
         gate.set()
-        for _ in range(200):
-            await asyncio.sleep(0)
-        r.ex.stop()
-        await asyncio.wait_for(task, 5)
+        await r.finish()
         return r
 
     r = run(body())
@@ -369,7 +369,7 @@ def test_stopping_finishes_the_order_in_flight_sends_nothing_more_and_matches_th
         gate = asyncio.Event()
         r.driver.gates[0] = gate
         r.decide(OPEN_SHORT, to=State.SHORT)
-        task = asyncio.ensure_future(r.ex.run())
+        task = r.start()
         await asyncio.sleep(0)
         r.decide(CLOSE_SHORT_SL, to=State.FLAT_ABOVE_UP)  # decided just before the stop
         r.ex.stop()
