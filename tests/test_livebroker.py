@@ -209,34 +209,21 @@ def test_definite_rejection_is_recorded_and_not_retried(sim, tmp_path):
     assert any(level == "ERROR" and "-2019" in msg for level, msg in rig_events)
 
 
-def test_rate_limit_waits_retry_after_then_resolves_without_duplicate(sim, tmp_path):
+@pytest.mark.parametrize("status,retry_after,action", [(429, 2, Action.OPEN_LONG), (418, 1, Action.OPEN_SHORT)],
+                         ids=["429", "418-ban"])
+def test_rate_limit_waits_retry_after_then_resolves_without_duplicate(sim, tmp_path, status, retry_after, action):
     cfg = _cfg(sim, tmp_path)
-    ctl(sim.base_url, "rate_limit", {"count": 1, "status": 429, "retry_after": 2})
+    ctl(sim.base_url, "rate_limit", {"count": 1, "status": status, "retry_after": retry_after})
     slept = []
 
     async def body(rig):
-        res = await rig.order(Action.OPEN_LONG)
+        res = await rig.order(action)
         slept.extend(rig.sleeps)
         return res
 
     res = run(cfg, body)
     assert res.status == "filled"
-    assert slept and slept[0] >= 2, "Retry-After must be honoured"
-    assert len(exchange_orders(sim, res.intent.client_order_id)) == 1
-
-
-def test_418_ban_is_honoured_too(sim, tmp_path):
-    cfg = _cfg(sim, tmp_path)
-    ctl(sim.base_url, "rate_limit", {"count": 1, "status": 418, "retry_after": 1})
-    slept = []
-
-    async def body(rig):
-        res = await rig.order(Action.OPEN_SHORT)
-        slept.extend(rig.sleeps)
-        return res
-
-    res = run(cfg, body)
-    assert res.status == "filled" and slept[0] >= 1
+    assert slept and slept[0] >= retry_after, "Retry-After must be honoured"
     assert len(exchange_orders(sim, res.intent.client_order_id)) == 1
 
 

@@ -45,6 +45,14 @@ def quiesce(sim, bot: Bot) -> None:
     wait_for(lambda: settled(bot), 30, "open intents to settle")
 
 
+def trade_until(sim, bot: Bot, fills: int, what: str) -> None:
+    """Once connected, let the market run until ``fills`` orders filled, then quiesce."""
+    bot.wait_connected()
+    ctl(sim.base_url, "resume")
+    wait_for(lambda: filled_orders(bot) >= fills, 90, what)
+    quiesce(sim, bot)
+
+
 def candle_gaps(bot: Bot) -> list[int]:
     times = [r[0] for r in query(bot.db, "SELECT open_time_ms FROM candles ORDER BY open_time_ms")]
     return [b for a, b in zip(times, times[1:], strict=False) if b - a != 60_000]
@@ -77,10 +85,7 @@ def test_paper_mode_records_paper_fills_and_sends_no_order(sim, tmp_path):
 def test_live_mode_orders_arrive_with_side_reduce_only_and_quantity(sim, tmp_path):
     bot = bot_for(sim, tmp_path, paper=False).start()
     try:
-        bot.wait_connected()
-        ctl(sim.base_url, "resume")
-        wait_for(lambda: filled_orders(bot) >= 6, 90, "6 live fills")
-        quiesce(sim, bot)
+        trade_until(sim, bot, 6, "6 live fills")
     finally:
         assert bot.stop() == 0
     exchange = {}
@@ -345,10 +350,7 @@ def test_auto_restart_supervisor_restarts_after_a_crash(sim, tmp_path):
 def test_secrets_never_in_logs_db_or_output(sim, tmp_path):
     bot = bot_for(sim, tmp_path, paper=False, LOG_LEVEL="DEBUG").start()
     try:
-        bot.wait_connected()
-        ctl(sim.base_url, "resume")
-        wait_for(lambda: filled_orders(bot) >= 2, 90, "2 live fills")
-        quiesce(sim, bot)
+        trade_until(sim, bot, 2, "2 live fills")
     finally:
         assert bot.stop() == 0
     blobs = [bot.log_text(), bot.stderr_tail(10_000)]
