@@ -93,10 +93,12 @@ class OrderDriver:
         self.event = on_event or (lambda level, msg: log.log(getattr(logging, level), "%s", msg))
         self.on_rate_limit = on_rate_limit or (lambda err: None)
         self.sleep = sleep
-        self._pushed: dict[str, dict[str, Any]] = {}       # client id -> order as the stream last showed it
-        self._pushed_fee: dict[str, float] = {}            # client id -> commission in USDT from the stream
-        self._waiting: dict[str, asyncio.Event] = {}       # client id -> set when the stream shows it done
-        self._estimated: dict[str, float] = {}             # client id -> fee recorded, estimated from the rate
+        # What the user-data stream said, kept only as long as it can matter (bounded: an order's
+        # commission that never arrives is forgotten after MAX_REMEMBERED newer orders).
+        self._pushed: dict[str, dict[str, Any]] = {}       # order in progress -> as the stream last showed it
+        self._pushed_fee: dict[str, float] = {}            # order in progress -> commission (USDT) it reported
+        self._waiting: dict[str, asyncio.Event] = {}       # order in progress -> set when the stream shows it done
+        self._estimated: dict[str, float] = {}             # filled order -> fee recorded, estimated from the rate
 
     # ---- one order -------------------------------------------------------------------------------
     async def complete(self, intent: Intent, *, look_up_first: bool = False,
@@ -144,6 +146,8 @@ class OrderDriver:
                     await self.submit(_mark, cid, status=OrderStatus.PENDING)
         finally:
             self._waiting.pop(cid, None)
+            self._pushed.pop(cid, None)
+            self._pushed_fee.pop(cid, None)
 
     async def _send(self, intent: Intent) -> lifecycle.Reply:
         ex = self.exchange
@@ -221,6 +225,7 @@ class OrderDriver:
             quote = float(res.get("cumQuote", 0) or 0) or qty * price
             fee = quote * self.exchange.taker_rate
             self._estimated[cid] = fee
+        _bound(self._estimated)
         pnl = self.ledger.apply(intent.action, price, qty, fee)
         # Not awaited: the next intent's commit (same lane) lands after it, usually in one transaction.
         self.post(_record_fill, intent, order_id, when, price, qty, fee, pnl, ledger_status(self.ledger))
@@ -244,11 +249,14 @@ class OrderDriver:
         ``commission_usdt`` is the order's total commission once it is done (None otherwise,
         or when charged in another asset).
         """
-        self._pushed[cid] = order
+        in_progress = cid in self._waiting
+        if in_progress:
+            self._pushed[cid] = order
         if commission_usdt is not None:
             estimated = self._estimated.pop(cid, None)
             if estimated is None:
-                self._pushed_fee[cid] = commission_usdt   # the fill is not recorded yet: it takes this fee
+                if in_progress:
+                    self._pushed_fee[cid] = commission_usdt   # the fill is not recorded yet: it takes this fee
             elif abs(estimated - commission_usdt) > 1e-12:
                 self.ledger.fees_usdt += commission_usdt - estimated
                 self.post(_settle_fee, cid, commission_usdt, ledger_status(self.ledger))
@@ -256,13 +264,16 @@ class OrderDriver:
         if waiter is not None and order.get("status") in ("FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH"):
             waiter.set()
 
-    def forget(self, cid: str) -> None:
-        """Drop what the stream told about an order that is settled (bounded memory)."""
-        self._pushed.pop(cid, None)
-        self._pushed_fee.pop(cid, None)
-
-
 # ---- intents ------------------------------------------------------------------------------------
+
+MAX_REMEMBERED = 1000
+
+
+def _bound(d: dict[str, Any]) -> None:
+    """Keep ``d`` (insertion-ordered) to its newest MAX_REMEMBERED entries."""
+    while len(d) > MAX_REMEMBERED:
+        d.pop(next(iter(d)))
+
 
 def new_intent(db_id: str, transition_id: int, action: Action, reason: Reason, qty: Decimal, tick_price: float,
                time_ms: int) -> Intent:

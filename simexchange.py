@@ -182,6 +182,7 @@ class Account:
     trades: list[dict[str, Any]] = field(default_factory=list)
     next_order_id: int = 4_000_000_001
     next_trade_id: int = 600_000_001
+    charged_rate: Decimal = TAKER_RATE  # what fills really cost (a fee discount makes it differ from the rate)
 
     def sides(self) -> list[str]:
         return ["LONG", "SHORT"] if self.hedge_mode else ["BOTH"]
@@ -212,7 +213,7 @@ class Account:
         pos.amt += signed
         pos.update_ms = now_ms
         quote = qty * price
-        fee = (quote * TAKER_RATE).quantize(Decimal("1e-8"))
+        fee = (quote * self.charged_rate).quantize(Decimal("1e-8"))
         self.wallet += realized - fee
         order_id, self.next_order_id = self.next_order_id, self.next_order_id + 1
         order = {
@@ -921,6 +922,15 @@ class SimExchange:
         self._user_events(order, "BOTH", "LIQUIDATION" if client_id.startswith("autoclose-") else "MARKET")
         log.info("external order %d: %s %s %s (%s)", order["orderId"], side, qty, self.symbol, client_id)
         return {"order": order, **self.state()}
+
+    def _sim_post_charged_fee_rate(self, body: dict) -> dict:
+        """Fills cost ``rate`` from now on, while /fapi/v1/commissionRate still says 0.0005 (a fee
+        discount, a VIP tier): only the fill's own commission tells what was charged."""
+        rate = Decimal(str(body["rate"]))
+        if not ZERO <= rate < Decimal("0.01"):
+            raise ValueError("rate must be between 0 and 0.01")
+        self.account.charged_rate = rate
+        return {"charged_rate": str(rate)}
 
     def _sim_post_expire_listen_key(self, body: dict) -> dict:
         """The listenKey expires: ``{"notify": false}`` skips the listenKeyExpired event (a key

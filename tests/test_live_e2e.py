@@ -138,6 +138,27 @@ def test_fast_market_live_orders_equal_the_backtest_one_by_one(tmp_path, pacing)
     assert "RECONCILE" not in log and "not sent" not in log
 
 
+def test_fees_are_the_commission_the_exchange_charged(sim, tmp_path):
+    """The account's rate says 0.05 %, the fills really cost 0.04 % (a discount): the user-data
+    stream's commission is what the bot records, for every fill and in its running total."""
+    ctl(sim.base_url, "charged_fee_rate", {"rate": "0.0004"})
+    bot = _live_bot(sim, tmp_path)
+    try:
+        ctl(sim.base_url, "resume")
+        wait_for(lambda: len(ctl(sim.base_url, "orders")) >= 4, 90, "4 live fills")
+        ctl(sim.base_url, "pause")
+        wait_for(lambda: _settled(bot), 30, "orders to settle")
+        time.sleep(0.5)
+        rows = query(bot.db, "SELECT fill_price, filled_qty, fee_usdt FROM orders WHERE status = 'filled'")
+        st = bot.status()
+    finally:
+        assert bot.stop() == 0
+    assert len(rows) >= 4
+    for r in rows:
+        assert r["fee_usdt"] == pytest.approx(round(r["fill_price"] * r["filled_qty"] * 0.0004, 8), abs=1e-8)
+    assert float(st["fees_usdt"]) == pytest.approx(sum(r["fee_usdt"] for r in rows), abs=1e-6)
+
+
 def test_a_429_on_an_order_is_resent_within_retry_after_plus_a_second_and_never_twice(sim, tmp_path):
     bot = _live_bot(sim, tmp_path)
     try:
