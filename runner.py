@@ -139,8 +139,8 @@ class Bot:
             log.warning("the DB was last used in %s mode, now %s: starting FLAT", status.get("mode"), self.mode)
             restored = State.FLAT
         closes = self._call_sync(lambda s: db.read_candles(s.conn, cfg.SYMBOL, cfg.INTERVAL, cfg.BOLL_PERIOD - 1))
-        self.engine = Engine(cfg.BOLL_PERIOD, cfg.BOLL_K, cfg.BOLL_DDOF, self.step_ms, restored,
-                             [c.close for c in closes], closes[-1].open_time_ms if closes else None)
+        self.engine = Engine.from_config(cfg, self.step_ms, restored,
+                                         [c.close for c in closes], closes[-1].open_time_ms if closes else None)
         self.paused = status.get("entries_paused") == "1"
         self.pause_reason = status.get("pause_reason") or ""
         self.rejects = 0

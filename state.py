@@ -173,3 +173,67 @@ def parse_state(name: str) -> State:
         return State(name)
     except ValueError:
         raise ValueError(f"unknown state {name!r}; expected one of {', '.join(s.value for s in State)}") from None
+
+
+# ---- optional variations (off by default; the table above is the strategy as specified) --------
+#
+# Breakout buffer: the rows whose condition is a breakout beyond a band ("p > UP", "p < DN": a
+# breakout, and in SHORT/LONG also the stop-loss) compare the price with the band moved outward
+# by a buffer (``up_break`` >= UP, ``dn_break`` <= DN); the rows that wait for the price to come
+# back inside ("p <= UP", "p >= DN") keep the plain band. A price hovering on a band then no
+# longer flips between breakout and re-entry on consecutive ticks.
+BREAKOUT_CONDITIONS = frozenset({"p > UP", "p < DN"})
+
+# Which band each condition reads in ``step_buffered``: an index into (up_break, dn_break, up, dn).
+_BUFFERED_OP: dict[str, tuple[int, Callable[[float, float], bool]]] = {
+    "p > UP": (0, operator.gt),
+    "p < DN": (1, operator.lt),
+    "p <= UP": (2, operator.le),
+    "p >= DN": (3, operator.ge),
+}
+_COMPILED_BUFFERED: dict[State, tuple[tuple[int, Callable[[float, float], bool], State, tuple[Order, ...]], ...]] = {
+    state: tuple((*_BUFFERED_OP[rule.when], rule.to, rule.orders) for rule in rules) for state, rules in TABLE.items()
+}
+
+
+def buffer_bands(up: float, dn: float, buffer_pct: float) -> tuple[float, float]:
+    """(up_break, dn_break): UP raised and DN lowered by ``buffer_pct`` % of themselves.
+
+    >>> buffer_bands(100.0, 50.0, 1.0)
+    (101.0, 49.5)
+    """
+    if not buffer_pct:
+        return up, dn
+    up_mult, dn_mult = buffer_multipliers(buffer_pct)
+    return up * up_mult, dn * dn_mult
+
+
+def buffer_multipliers(buffer_pct: float) -> tuple[float, float]:
+    """The factors UP and DN are multiplied by for a breakout buffer of ``buffer_pct`` %."""
+    return 1.0 + buffer_pct / 100.0, 1.0 - buffer_pct / 100.0
+
+
+def step_buffered(state: State, price: float, up: float, dn: float, up_break: float,
+                  dn_break: float) -> tuple[State, tuple[Order, ...]]:
+    """``step`` with the breakout rows reading ``up_break``/``dn_break`` (see BREAKOUT_CONDITIONS).
+
+    With ``up_break == up`` and ``dn_break == dn`` it is exactly ``step``.
+    """
+    bands = (up_break, dn_break, up, dn)
+    for which, compare, to, orders in _COMPILED_BUFFERED[state]:
+        if compare(price, bands[which]):
+            return to, orders
+    return state, ()
+
+
+def is_fresh_entry(from_state: State, orders: tuple[Order, ...]) -> bool:
+    """True when a transition opens a position from no position (not the open leg of a reversal).
+
+    A stop-loss cooldown skips exactly these: the table's move is made without the entry, to
+    ``FLAT`` (the same state a refused or paused entry leaves), so a new breakout is needed.
+    """
+    return POSITION[from_state] == 0 and any(not o.action.closes for o in orders)
+
+
+def has_stop_loss(orders: tuple[Order, ...]) -> bool:
+    return any(o.reason is Reason.STOP_LOSS for o in orders)
