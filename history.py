@@ -9,7 +9,7 @@ A file of candles is either
   * a raw Binance kline CSV: 12 columns, no header (``open_time, o, h, l, c, v, close_time, ...``),
     or with the header row ``open_time,open,high,low,close,volume,close_time,...,ignore`` that
     Binance's downloadable files carry today.
-Either may be gzip-compressed (name ends in ``.gz``).
+Either may be gzip-compressed (name ends in ``.gz``) or a Binance archive ``.zip`` holding one such CSV.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import gzip
 import io
 import math
 import os
+import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
@@ -93,9 +95,24 @@ def _open_text(path: str) -> io.TextIOBase:
     try:
         if path.endswith(".gz"):
             return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+        if path.lower().endswith(".zip"):
+            return _open_zip_member(path)
         return open(path, encoding="utf-8", newline="")
     except OSError as exc:
         raise HistoryError(f"{path}: cannot open ({exc.strerror or exc})") from None
+
+
+def _open_zip_member(path: str) -> io.TextIOBase:
+    """The one CSV inside a Binance archive ``.zip`` (data.binance.vision monthly/daily files)."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise HistoryError(f"{path}: not a readable zip archive") from None
+    members = [info for info in archive.infolist() if not info.is_dir()]
+    if len(members) != 1:
+        archive.close()
+        raise HistoryError(f"{path}: a kline archive holds exactly one CSV file; this one holds {len(members)}")
+    return io.TextIOWrapper(archive.open(members[0]), encoding="utf-8", newline="")
 
 
 def _number(text: str, what: str, where: str) -> float:
@@ -114,7 +131,7 @@ def _rows(path: str) -> Iterator[tuple[int, list[str]]]:
             for lineno, row in enumerate(csv.reader(fh), start=1):
                 if row and any(cell.strip() for cell in row):
                     yield lineno, row
-    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, csv.Error) as exc:
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, csv.Error, zipfile.BadZipFile, zlib.error) as exc:
         raise HistoryError(f"{path}: not a readable CSV file ({type(exc).__name__})") from None
 
 
