@@ -57,6 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--funding", metavar="FILE",
                    help="charge the funding rates of FILE (download --funding, or Binance's archive); "
                         "overrides FUNDING_FILE")
+    dl = sub.add_parser(
+        "download", parents=[common], help="fetch closed candles (and funding rates) into a backtest file",
+        description="Fetch closed candles from REST_BASE_URL into FILE (.csv or .csv.gz) in the backtest format. "
+                    "Running it again appends only what is missing.")
+    dl.add_argument("--symbol", metavar="S", default=None, help="contract (default: SYMBOL)")
+    dl.add_argument("--interval", metavar="I", default=None, help="candle interval (default: INTERVAL)")
+    dl.add_argument("--start", metavar="YYYY-MM-DD", required=True, help="first day (UTC)")
+    dl.add_argument("--end", metavar="YYYY-MM-DD", help="last day, inclusive (default: up to the last closed candle)")
+    dl.add_argument("--out", metavar="FILE", required=True, help="output file, .csv or .csv.gz")
+    dl.add_argument("--funding", action="store_true",
+                    help="also fetch the funding-rate history into FILE with .funding before .csv")
     sw = sub.add_parser(
         "sweep", parents=[common], help="the strategy lab: many parameter sets over a kline file",
         description="Run every combination of the given values through an evaluator proven to give exactly "
@@ -127,6 +138,14 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     return main_backtest(cfg, args.klines, args.json, args.db, funding_path=args.funding)
 
 
+def cmd_download(args: argparse.Namespace) -> int:
+    from download import main_download
+
+    cfg = _load(args.config)
+    return main_download(cfg, args.symbol or cfg.SYMBOL, args.interval or cfg.INTERVAL, args.start, args.end,
+                         args.out, args.funding)
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from sweep import AXES, main_sweep
 
@@ -195,6 +214,7 @@ COMMANDS = {
     "run": cmd_run,
     "backtest": cmd_backtest,
     "sweep": cmd_sweep,
+    "download": cmd_download,
     "trades": cmd_trades,
     "dashboard": cmd_dashboard,
     "demo": cmd_demo,

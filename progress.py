@@ -17,6 +17,9 @@ class _Silent:
     def set_postfix_str(self, text: str) -> None:
         pass
 
+    def reset(self, total: int | None = None) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
