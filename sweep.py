@@ -162,7 +162,7 @@ def split_candle(series: Series, split_ms: int, period: int, label: str) -> int:
     if c < period or len(series) - c < 2:
         raise ConfigError(
             f"--train-fraction leaves {c} {label} candles to rank on and {len(series) - c} to test; "
-            f"need more than BOLL_PERIOD ({period}) before the cut and 2 after it: use a longer file "
+            f"need at least BOLL_PERIOD ({period}) before the cut and 2 after it: use a longer file "
             f"or another fraction"
         )
     return c
