@@ -37,7 +37,7 @@ from broker import Fill, OrderSizeError, paper_broker_from_config
 from config import Config
 from engine import options_from_config
 from indicators import LiveBoll
-from metrics import Checkpoint, Marks, settings_fields, summarize
+from metrics import Checkpoint, Marks, equity_curve, settings_fields, summarize
 from state import TABLE, Action, Order, State, buffer_multipliers, has_stop_loss, is_fresh_entry
 from tape import NO_FUNDING, FundingEvents, Series
 
@@ -89,15 +89,25 @@ class BandCache:
     def __init__(self, max_entries: int = 8) -> None:
         self.max_entries = max_entries
         self._data: dict[tuple[int, int, int, bool], tuple[Any, ...]] = {}
+        self._windows: dict[tuple[int, int, int], tuple[Any, ...]] = {}
 
     def get(self, series: Series, period: int, ddof: int, on_close: bool) -> tuple[Any, ...]:
         key = (id(series), period, ddof, on_close)
         hit = self._data.get(key)
         if hit is None:
-            if len(self._data) >= self.max_entries:
-                self._data.pop(next(iter(self._data)))
-            hit = self._data[key] = _mid_sd(series, period, ddof, on_close) + (series,)  # keeps series alive
+            wkey = key[:3]
+            window = self._windows.get(wkey)
+            if window is None:
+                window = self._windows[wkey] = (window_state(series.close.tolist(), period, ddof), series)
+                _trim(self._windows, self.max_entries)
+            hit = self._data[key] = _mid_sd(series, period, ddof, on_close, window[0]) + (series,)  # keeps it alive
+            _trim(self._data, self.max_entries)
         return hit[:-1]
+
+
+def _trim(cache: dict, size: int) -> None:
+    while len(cache) > size:
+        cache.pop(next(iter(cache)))
 
 
 def window_state(closes: Sequence[float], period: int, ddof: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -113,7 +123,8 @@ def window_state(closes: Sequence[float], period: int, ddof: int) -> tuple[np.nd
     return np.array(ref), np.array(s1), np.array(s2)
 
 
-def _mid_sd(series: Series, period: int, ddof: int, on_close: bool) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+def _mid_sd(series: Series, period: int, ddof: int, on_close: bool,
+            window: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
     """(first step, step ticks, MID, σ) for the ticks the table is stepped on.
 
     Tick mode: every tick from the first one with a full window. Close mode: the last tick of each
@@ -124,7 +135,7 @@ def _mid_sd(series: Series, period: int, ddof: int, on_close: bool) -> tuple[int
     if m <= first_candle:
         empty = np.zeros(0)
         return 0, np.zeros(0, np.int64), empty, empty
-    ref, s1_c, s2_c = window_state(series.close.tolist(), period, ddof)
+    ref, s1_c, s2_c = window
     if on_close:
         ticks = series.tick_start[first_candle + 1:] - 1
         candle = np.arange(first_candle, m)
@@ -150,6 +161,7 @@ class Evaluation(NamedTuple):
     in_sample: dict[str, Any] | None          # the ticks before ``split_tick`` (when given)
     marks: Marks
     actions: list[tuple[int, Fill, State]]    # only with ``record_actions``
+    equity: np.ndarray                        # mark-to-market equity after each tick (USDT)
 
 
 def evaluate(series: Series, cfg: Config, funding: FundingEvents = NO_FUNDING, *, split_tick: int | None = None,
@@ -189,7 +201,7 @@ def evaluate(series: Series, cfg: Config, funding: FundingEvents = NO_FUNDING, *
         run_zone = zone[np.asarray(run_start, np.int64)].tolist()
     else:
         run_start, run_zone = [], []
-    run_end = run_start[1:] + [n_steps]
+    run_end = run_start[1:] + [n_steps] if run_start else []
 
     base = int(step_ticks[0]) if n_steps else 0
     exec_tick = (step_ticks + 1).tolist() if on_close else None  # close mode: orders at the next tick
@@ -336,10 +348,11 @@ def evaluate(series: Series, cfg: Config, funding: FundingEvents = NO_FUNDING, *
                      qty, entry, closed_trades, wins, won, lost)
     if cut_point is None:
         cut_point = end
-    summary = summarize(series, marks, end)
+    equity = equity_curve(series, marks)
+    summary = summarize(series, marks, end, equity=equity)
     summary.update(settings_fields(cfg))
     in_sample = None
     if split_tick is not None:
-        in_sample = summarize(series, marks, cut_point, split_tick)
+        in_sample = summarize(series, marks, cut_point, split_tick, equity=equity[:split_tick])
         in_sample.update(settings_fields(cfg))
-    return Evaluation(summary, in_sample, marks, actions)
+    return Evaluation(summary, in_sample, marks, actions, equity)

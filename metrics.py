@@ -94,10 +94,11 @@ class Marks:
                 np.concatenate(([0.0], entry[keep])))
 
 
-def equity_curve(series: Series, marks: Marks, hi: int | None = None) -> np.ndarray:
+def equity_curve(series: Series, marks: Marks, hi: int | None = None,
+                 segments: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
     """Mark-to-market equity (USDT) after each tick below ``hi``."""
     hi = series.ticks if hi is None else hi
-    start, net, qty, entry = marks.segments(hi)
+    start, net, qty, entry = marks.segments(hi) if segments is None else segments
     counts = np.diff(np.append(start, hi))
     net_t = np.repeat(net, counts)
     qty_t = np.repeat(qty, counts)
@@ -124,7 +125,8 @@ def day_ends(times: np.ndarray) -> np.ndarray:
 
 def daily_equity(series: Series, equity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(time of each UTC day's last tick, equity then) over the ticks of ``equity``."""
-    last = day_ends(series.times[:len(equity)])
+    hi = len(equity)
+    last = series.day_ends() if hi == series.ticks else day_ends(series.times[:hi])
     return series.times[last], equity[last]
 
 
@@ -138,23 +140,29 @@ def sharpe_daily(day_equity: np.ndarray) -> float | None:
     return round(float(pnl.mean()) / sd * math.sqrt(365.0), 6)
 
 
-def exposure(series: Series, marks: Marks, hi: int) -> float:
+def exposure(series: Series, marks: Marks, hi: int, segments: tuple[np.ndarray, ...] | None = None) -> float:
     """Share of the time from the first tick to tick ``hi - 1`` with a position open."""
     times = series.times
     span = int(times[hi - 1] - times[0]) if hi > 0 else 0
     if span <= 0:
         return 0.0
-    start, _net, qty, _entry = marks.segments(hi)
+    start, _net, qty, _entry = marks.segments(hi) if segments is None else segments
     begin = times[start]
     end = np.append(begin[1:], times[hi - 1])
     held = float(((end - begin) * (qty != 0)).sum())
     return round(held / span, 6)
 
 
-def summarize(series: Series, marks: Marks, end: Checkpoint, hi: int | None = None) -> dict[str, Any]:
-    """The summary figures of a pass over the first ``hi`` ticks of ``series`` (default: all)."""
+def summarize(series: Series, marks: Marks, end: Checkpoint, hi: int | None = None,
+              equity: np.ndarray | None = None) -> dict[str, Any]:
+    """The summary figures of a pass over the first ``hi`` ticks of ``series`` (default: all).
+
+    ``equity``: ``equity_curve(series, marks, hi)`` when the caller has it already.
+    """
     hi = series.ticks if hi is None else hi
-    equity = equity_curve(series, marks, hi)
+    segments = marks.segments(hi)
+    if equity is None:
+        equity = equity_curve(series, marks, hi, segments)
     _days, day_eq = daily_equity(series, equity)
     trades = end.closed_trades
     last_price = float(series.prices[hi - 1]) if hi else 0.0
@@ -173,7 +181,7 @@ def summarize(series: Series, marks: Marks, end: Checkpoint, hi: int | None = No
         "profit_factor": round(end.won_usdt / end.lost_usdt, 6) if end.lost_usdt > 0 else None,
         "max_drawdown_usdt": round(max_drawdown(equity), 8),
         "sharpe_daily": sharpe_daily(day_eq),
-        "exposure": exposure(series, marks, hi),
+        "exposure": exposure(series, marks, hi, segments),
         "open_position_qty": round(end.qty, 8),
         "unrealized_pnl_usdt": round(unrealized, 8),
         "final_state": end.state.value,

@@ -32,7 +32,7 @@ import numpy as np
 from config import Config, ConfigError
 from evaluator import BandCache, evaluate
 from history import INTERVAL_MS, HistoryError, interval_ms
-from metrics import day_ends, equity_curve
+from metrics import day_ends
 from tape import NO_FUNDING, FundingEvents, FundingRates, Series, Tape, load_tape, read_funding
 
 MAX_SETS = 100_000
@@ -208,9 +208,8 @@ def run_set(job: Job, index: int) -> dict[str, Any]:
         cut = split_candle(series, job.split_ms, cfg.BOLL_PERIOD, cfg.INTERVAL)
         split_tick = int(series.tick_start[cut])
     ev = evaluate(series, cfg, funding, split_tick=split_tick, cache=_CACHE)
-    equity = equity_curve(series, ev.marks)
     result: dict[str, Any] = {"index": index, "summary": ev.summary,
-                              "daily_equity": equity[day_ends(series.times)].astype(np.float32)}
+                              "daily_equity": ev.equity[series.day_ends()].astype(np.float32)}
     if split_tick is not None:
         result["in_sample"] = ev.in_sample
         key = (cfg.INTERVAL, cfg.BOLL_PERIOD)
@@ -223,9 +222,9 @@ def run_set(job: Job, index: int) -> dict[str, Any]:
         oos = evaluate(tail, cfg, tail_funding, cache=_CACHE)
         result["out_of_sample"] = oos.summary
         # From the cut on (the warm-up candles before it never trade): the same days for every set.
-        ends = day_ends(tail.times)
+        ends = tail.day_ends()
         ends = ends[tail.times[ends] >= job.split_ms]
-        result["oos_daily_equity"] = equity_curve(tail, oos.marks)[ends].astype(np.float32)
+        result["oos_daily_equity"] = oos.equity[ends].astype(np.float32)
     return result
 
 

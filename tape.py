@@ -168,6 +168,7 @@ class Series:
     candle_of_tick: np.ndarray  # (N,) int64
     fine_start: np.ndarray    # (M + 1,) int64: first fine candle of each INTERVAL candle
     _lists: tuple[list[int], list[float]] | None = field(default=None, repr=False)
+    _day_ends: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def times(self) -> np.ndarray:
@@ -183,6 +184,13 @@ class Series:
 
     def __len__(self) -> int:
         return int(self.open_ms.shape[0])
+
+    def day_ends(self) -> np.ndarray:
+        """Index of the last tick of each UTC day (cached)."""
+        if self._day_ends is None:
+            day = self.tape.times // DAY_MS
+            self._day_ends = np.append(np.flatnonzero(day[1:] != day[:-1]), len(day) - 1)
+        return self._day_ends
 
     def tick_lists(self) -> tuple[list[int], list[float]]:
         """Tick times and prices as Python lists (the engine's per-tick loop reads these)."""

@@ -112,6 +112,13 @@ def test_flat_windows_have_zero_width_bands():
         assert summary["transitions"] > 0
 
 
+@pytest.mark.parametrize("changes", [{}, {"EVALUATE_ON": "close"}])
+def test_a_file_shorter_than_the_window_never_trades(changes):
+    series = series_of(candles_from_closes([100.0 + 3 * (i % 2) for i in range(12)]))
+    summary = assert_same(series, make_settings(BOLL_PERIOD=13, **changes))
+    assert summary["transitions"] == 0 and summary["ticks"] == 48
+
+
 @st.composite
 def price_paths(draw):
     """Candles in 0.1 steps with flat stretches (o=h=l=c, identical closes) and sharp moves."""
