@@ -156,7 +156,7 @@ SETTINGS: tuple[Setting, ...] = (
             "after a stop-loss, skip entry signals for the rest of that candle and the next N candles; 0 = off",
             _between(0, 100_000)),
     Setting("PAPER_SLIPPAGE_PCT", 0.0,
-            "paper and backtest fills this % worse than the tick price (buys higher, sells lower); 0 = off",
+            "backtest and sweep fill this % worse than the tick price (buys higher, sells lower); 0 = off",
             _between(0.0, 5.0)),
     Setting("FUNDING_FILE", "",
             "funding-rate history charged in backtest and sweep (from 'download --funding' or Binance's "

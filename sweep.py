@@ -399,7 +399,7 @@ def text_report(ordered: list[dict[str, Any]], lines: list[str], walk_forward: b
     w = out.write
     w(f"参数扫描 (sweep) — 前 {min(top, len(ordered))} 名 / top {min(top, len(ordered))}"
       f"{'（按样本内排名 / ranked in-sample）' if walk_forward else ''}\n")
-    head = (f"{'#':>4}  {'parameters':<34} {'net USDT':>10} {'trades':>7} {'win%':>6} {'maxDD':>9} {'PF':>6} "
+    head = (f"{'#':>4}  {'parameters':<48} {'net USDT':>10} {'trades':>7} {'win%':>6} {'maxDD':>9} {'PF':>6} "
             f"{'Sharpe':>7}")
     if walk_forward:
         head += f" {'IS net':>10} {'OOS net':>10}"
@@ -408,7 +408,7 @@ def text_report(ordered: list[dict[str, Any]], lines: list[str], walk_forward: b
         s = r["summary"]
         pf = "—" if s["profit_factor"] is None else f"{s['profit_factor']:.2f}"
         sh = "—" if s["sharpe_daily"] is None else f"{s['sharpe_daily']:.2f}"
-        row = (f"{r['rank']:>4}  {set_label(s):<34} {s['net_pnl_usdt']:>+10.2f} {s['trades']:>7} "
+        row = (f"{r['rank']:>4}  {set_label(s):<48} {s['net_pnl_usdt']:>+10.2f} {s['trades']:>7} "
                f"{s['win_rate'] * 100:>5.1f}% {s['max_drawdown_usdt']:>9.2f} {pf:>6} {sh:>7}")
         if walk_forward:
             row += f" {r['in_sample']['net_pnl_usdt']:>+10.2f} {r['out_of_sample']['net_pnl_usdt']:>+10.2f}"
