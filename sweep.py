@@ -248,16 +248,38 @@ def _chunks(job: Job, jobs: int) -> list[list[int]]:
     return chunks
 
 
-def run_all(job: Job, jobs: int, progress: Any = None) -> list[dict[str, Any]]:
-    """Every set, in grid order. ``jobs`` > 1 forks that many worker processes."""
+def run_all(job: Job, jobs: int, progress: Any = None, keep_curves: tuple[str, bool, int] | None = None
+            ) -> list[dict[str, Any]]:
+    """Every set, in grid order. ``jobs`` > 1 forks that many worker processes.
+
+    ``keep_curves`` (rank_by, walk_forward, top): keep the daily equity curves of the sets that can
+    still be among the ``top`` best and drop the others' as results arrive (a big grid's curves
+    would not fit in memory).
+    """
     global _JOB
     _JOB = job
     chunks = _chunks(job, jobs)
     results: list[dict[str, Any] | None] = [None] * len(job.grid.configs)
+    curved: list[dict[str, Any]] = []
+
+    def collect(batch: list[dict[str, Any]]) -> None:
+        for r in batch:
+            results[r["index"]] = r
+        if keep_curves is None:
+            return
+        by, walk_forward, top = keep_curves
+        curved.extend(batch)
+        if len(curved) > max(4 * top, 200):
+            part = "in_sample" if walk_forward else "summary"
+            curved.sort(key=lambda r: (rank_key(r[part], by), -r["index"]), reverse=True)
+            for r in curved[top:]:
+                r.pop("daily_equity", None)
+                r.pop("oos_daily_equity", None)
+            del curved[top:]
+
     if jobs <= 1 or len(chunks) == 1:
         for chunk in chunks:
-            for r in _run_chunk(chunk):
-                results[r["index"]] = r
+            collect(_run_chunk(chunk))
             if progress is not None:
                 progress.update(len(chunk))
     else:
@@ -265,8 +287,7 @@ def run_all(job: Job, jobs: int, progress: Any = None) -> list[dict[str, Any]]:
         with ProcessPoolExecutor(max_workers=min(jobs, len(chunks)), mp_context=context) as pool:
             futures = {pool.submit(_run_chunk, chunk): chunk for chunk in chunks}
             for future in as_completed(futures):
-                for r in future.result():
-                    results[r["index"]] = r
+                collect(future.result())
                 if progress is not None:
                     progress.update(len(futures[future]))
     return [r for r in results if r is not None]
@@ -284,7 +305,7 @@ def rank_key(figures: dict[str, Any], by: str) -> float:
 def rank(results: list[dict[str, Any]], by: str, walk_forward: bool) -> list[dict[str, Any]]:
     """Best first, on the in-sample figures with walk-forward, else on the whole file; ties keep grid order."""
     part = "in_sample" if walk_forward else "summary"
-    ordered = sorted(results, key=lambda r: rank_key(r[part], by), reverse=True)
+    ordered = sorted(results, key=lambda r: (rank_key(r[part], by), -r["index"]), reverse=True)
     for n, r in enumerate(ordered, start=1):
         r["rank"] = n
     return ordered
@@ -455,7 +476,7 @@ def main_sweep(cfg: Config, path: str, given: dict[str, str | None], *, jobs: in
     n_sets = len(grid.configs)
     bar = progress_mod.bar(n_sets, "sweep", "set", stream=err)
     try:
-        results = run_all(job, jobs, bar)
+        results = run_all(job, jobs, bar, keep_curves=(rank_by, train_fraction is not None, top))
     finally:
         bar.close()
     walk_forward = split_ms is not None
