@@ -56,7 +56,14 @@ DAY_MS = 86_400_000
 
 
 class DownloadError(RuntimeError):
-    """The download cannot go on (exchange refused, network down, banned). What was fetched is kept."""
+    """The download cannot go on (exchange refused, network down, banned). What was fetched is kept.
+
+    ``bad_input``: the exchange said the request itself is wrong (unknown symbol...): exit code 2.
+    """
+
+    def __init__(self, message: str, bad_input: bool = False) -> None:
+        super().__init__(message)
+        self.bad_input = bad_input
 
 
 def klines_weight(limit: int) -> int:
@@ -285,7 +292,8 @@ class Fetcher:
                     await self._backoff(failures, f"HTTP {status}")
                     continue
                 raise DownloadError(f"the exchange refused {method.replace('futures_', '')}: "
-                                    f"{exc.code} {exc.message} (HTTP {status})") from None
+                                    f"{exc.code} {exc.message} (HTTP {status})",
+                                    bad_input=status == 400) from None
             except (TimeoutError, BinanceRequestException, OSError, aiohttp.ClientError) as exc:
                 if failures < RETRIES:
                     failures += 1
@@ -508,7 +516,10 @@ def main_download(cfg: Config, symbol: str, interval: str, start: str, end: str 
         report, stats = asyncio.run(run())
     except DownloadError as exc:
         err.write(f"bollmin: download stopped: {exc}\n")
-        return 1
+        return 2 if exc.bad_input else 1
+    except KeyboardInterrupt:
+        err.write("bollmin: download interrupted; what was fetched is kept: run the same command to resume\n")
+        return 0
     took = time.monotonic() - began
     w = stdout.write
     if report.written:

@@ -41,4 +41,5 @@ def bar(total: int | None, desc: str, unit: str = "it", stream: TextIO | None = 
         return _Silent()
     from tqdm import tqdm
 
+    tqdm.monitor_interval = 0  # no monitor thread: the sweep forks its workers after the bar exists
     return tqdm(total=total, desc=desc, unit=unit, file=stream, leave=False, dynamic_ncols=True, **kwargs)

@@ -19,10 +19,10 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, TextIO
@@ -283,14 +283,52 @@ def run_all(job: Job, jobs: int, progress: Any = None, keep_curves: tuple[str, b
             if progress is not None:
                 progress.update(len(chunk))
     else:
-        context = multiprocessing.get_context("fork")  # the workers inherit the tape: nothing to pickle
-        with ProcessPoolExecutor(max_workers=min(jobs, len(chunks)), mp_context=context) as pool:
-            futures = {pool.submit(_run_chunk, chunk): chunk for chunk in chunks}
-            for future in as_completed(futures):
-                collect(future.result())
-                if progress is not None:
-                    progress.update(len(futures[future]))
+        _run_in_workers(chunks, min(jobs, len(chunks)), collect, progress)
     return [r for r in results if r is not None]
+
+
+def _run_in_workers(chunks: list[list[int]], n: int, collect: Any, progress: Any) -> None:
+    """Run the chunks in ``n`` forked worker processes, handing each a chunk when it is free.
+
+    The workers are forked first, before this process has any thread (a fork while another thread
+    holds a lock can leave the child stuck forever), and talk through plain pipes (``SimpleQueue``:
+    no feeder threads). They ignore Ctrl-C; the parent gets it, stops them and re-raises.
+    """
+    context = multiprocessing.get_context("fork")  # the workers inherit the tape: nothing to pickle
+    tasks, results = context.SimpleQueue(), context.SimpleQueue()
+    workers = [context.Process(target=_worker, args=(tasks, results), daemon=True) for _ in range(n)]
+    for w in workers:
+        w.start()
+    try:
+        for chunk in chunks:
+            tasks.put(chunk)
+        for _ in workers:
+            tasks.put(None)
+        for _ in chunks:
+            kind, payload = results.get()
+            if kind == "error":
+                raise RuntimeError(f"a sweep worker failed: {payload}")
+            collect(payload)
+            if progress is not None:
+                progress.update(len(payload))
+        for w in workers:
+            w.join()
+    except BaseException:
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            w.join(5)
+        raise
+
+
+def _worker(tasks: Any, results: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while (chunk := tasks.get()) is not None:
+        try:
+            results.put(("ok", _run_chunk(chunk)))
+        except Exception as exc:  # reported by the parent; a bug, not bad input
+            results.put(("error", f"{type(exc).__name__}: {exc}"))
+            return
 
 
 # ---- ranking and output -------------------------------------------------------------------------
@@ -477,6 +515,9 @@ def main_sweep(cfg: Config, path: str, given: dict[str, str | None], *, jobs: in
     bar = progress_mod.bar(n_sets, "sweep", "set", stream=err)
     try:
         results = run_all(job, jobs, bar, keep_curves=(rank_by, train_fraction is not None, top))
+    except KeyboardInterrupt:
+        err.write("bollmin: sweep interrupted; nothing was written\n")
+        return 0
     finally:
         bar.close()
     walk_forward = split_ms is not None

@@ -228,3 +228,31 @@ def test_report_path_in_a_missing_folder_is_refused(tmp_path):
     r = run_bollmin("sweep", "--klines", MARKET_15M, "--period", "20", "--report", str(tmp_path / "no" / "r.html"))
     assert r.returncode == 2 and "does not exist" in r.stderr
     assert not os.path.exists(tmp_path / "no")
+
+
+def test_ctrl_c_stops_the_workers_and_writes_nothing(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+    from conftest import ROOT, core_env
+
+    db = tmp_path / "lab.db"
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "bollmin.py"), "sweep", "--klines", MARKET_15M,
+                             "--period", "10:60:1", "--k", "1:3:0.1", "--jobs", "2", "--db", str(db)], cwd=ROOT,
+                            env=core_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    parent = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 60
+    while len(parent.children()) < 2 and time.monotonic() < deadline:  # the two workers are at work
+        time.sleep(0.05)
+    workers = parent.children()
+    assert len(workers) == 2
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and err.strip() == "bollmin: sweep interrupted; nothing was written"
+    assert out == "" and not db.exists()
+    psutil.wait_procs(workers, timeout=10)
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
