@@ -257,3 +257,11 @@ def test_a_file_that_is_not_ours_is_left_alone(cfg_file, tmp_path):
     r = run_bollmin("download", "--config", cfg_file, "--interval", "15m", "--start", "2023-01-01", "--out", str(out))
     assert r.returncode == 2 and "not a file written by download" in r.stderr
     assert out.read_text(encoding="utf-8") == "my,own\nnotes,here"
+
+
+def test_a_symbol_the_exchange_does_not_know_is_bad_input(cfg_file, tmp_path):
+    out = tmp_path / "eth.csv"
+    r = run_bollmin("download", "--config", cfg_file, "--symbol", "ETHUSDT", "--interval", "15m",
+                    "--start", "2023-01-01", "--out", str(out))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Invalid symbol" in r.stderr
+    assert not out.exists()
