@@ -230,8 +230,10 @@ def evaluate(series: Series, cfg: Config, funding: FundingEvents = NO_FUNDING, *
     table = ZONE_TABLE
     fills: list[Fill] = []
 
+    rows = table[state]  # the table's rows of the current state, by zone
+    next_event = min(next_funding, cut)  # the next funding payment or the walk-forward cut
     for s, e, zz in zip(run_start, run_end, run_zone, strict=True):
-        row = table[state][zz]
+        row = rows[zz]
         if row is None:
             continue
         j = s
@@ -239,14 +241,14 @@ def evaluate(series: Series, cfg: Config, funding: FundingEvents = NO_FUNDING, *
             x = j + base if exec_tick is None else exec_tick[j]  # the tick the transition happens at
             if x >= n_ticks:
                 break  # a close decision at the very end: no trade after it to carry it out
-            to, program = row.to, row.program
+            to, program, fresh_entry, stop_loss = row
             if cooldown:
                 candle = j + first_candle if exec_tick is not None else int(candle_of_tick[x])
-                if row.fresh_entry and candle <= stop_candle + cooldown:
+                if fresh_entry and candle <= stop_candle + cooldown:
                     to, program = FLAT, ()
-                elif row.stop_loss:
+                elif stop_loss:
                     stop_candle = candle
-            if next_funding <= x or (x >= cut and cut_point is None):
+            if x >= next_event:
                 # Funding due up to this tick (Ledger.apply_funding), and the walk-forward cut.
                 while f_at < n_fund and f_tick[f_at] <= x:
                     if cut_point is None and f_tick[f_at] >= cut:
@@ -265,6 +267,7 @@ def evaluate(series: Series, cfg: Config, funding: FundingEvents = NO_FUNDING, *
                 if x >= cut and cut_point is None:
                     cut_point = Checkpoint(STATES[state], transitions, orders_done, realized, fees, funded,
                                            realized - fees - funded, qty, entry, closed_trades, wins, won, lost)
+                next_event = next_funding if cut_point is not None else min(next_funding, cut)
             transitions += 1
             if program:
                 price = price_list[x]
@@ -323,11 +326,13 @@ def evaluate(series: Series, cfg: Config, funding: FundingEvents = NO_FUNDING, *
                         t = int(times[x])
                         actions.extend((t, f, STATES[to]) for f in fills)
                         fills.clear()
-            state = to
+            if to != state:
+                state = to
+                rows = table[state]
             j += 1
             if j >= e:
                 break
-            row = table[state][zz]
+            row = rows[zz]
             if row is None:
                 break
     # The payments after the last transition, and the cut when no transition came after it.

@@ -60,13 +60,14 @@ class Marks:
     """The ledger after each change: from tick ``tick[j]`` on, net PnL ``net[j]``, position ``qty[j]``
     at ``entry[j]``."""
 
-    __slots__ = ("tick", "net", "qty", "entry")
+    __slots__ = ("tick", "net", "qty", "entry", "_segments")
 
     def __init__(self) -> None:
         self.tick: list[int] = []
         self.net: list[float] = []
         self.qty: list[float] = []
         self.entry: list[float] = []
+        self._segments: tuple[int, int, tuple[np.ndarray, ...]] | None = None  # (len(tick), hi, result)
 
     def add(self, tick: int, ledger: Ledger) -> None:
         self.tick.append(tick)
@@ -78,8 +79,16 @@ class Marks:
         """(start tick, net, qty, entry) of each stretch of ticks below ``hi`` with one ledger state.
 
         The first stretch starts at tick 0 with the empty ledger; a tick with several changes
-        keeps the last.
+        keeps the last. The last answer is remembered (summaries ask several times).
         """
+        memo = self._segments
+        if memo is not None and memo[0] == len(self.tick) and memo[1] == hi:
+            return memo[2]  # type: ignore[return-value]
+        result = self._segments_below(hi)
+        self._segments = (len(self.tick), hi, result)
+        return result
+
+    def _segments_below(self, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         ticks = np.array(self.tick, np.int64)
         n = int(np.searchsorted(ticks, hi, side="left"))
         ticks = ticks[:n]
