@@ -35,6 +35,7 @@ th{background:#f0f0f2;position:sticky;top:0}td.l,th.l{text-align:left}
 svg{max-width:100%;height:auto}svg text{font:11px sans-serif;fill:#333}.legend span{margin-right:12px;
 white-space:nowrap}.legend i{display:inline-block;width:12px;height:3px;vertical-align:middle;margin-right:4px}
 footer{color:#555;font-size:12px;margin:24px 0}code{background:#eee;padding:1px 4px}
+.cap{font-size:12px;max-width:260px;margin-bottom:2px}
 """
 
 
@@ -132,12 +133,12 @@ def _month_ticks(t0: int, t1: int) -> list[int]:
 def heat_map(rows: Sequence[int], cols: Sequence[float], values: dict[tuple[int, float], float | None],
              title: str, cell: int = 44) -> str:
     """An SVG heat map: rows = periods, columns = k; red losses, green profits (scaled to the largest)."""
-    left, top = 56, 34
+    left, top = 56, 18
     width = left + cell * len(cols) + 10
     height = top + 22 * len(rows) + 10
     scale = max([abs(v) for v in values.values() if v is not None] + [1e-9])
-    out = [f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img">',
-           f'<text x="0" y="12">{_e(title)}</text>',
+    out = [f'<div class="cap">{_e(title)}</div>',
+           f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img">',
            f'<text x="{left - 6}" y="{top - 6}" text-anchor="end">period\\k</text>']
     for j, k in enumerate(cols):
         out.append(f'<text x="{left + cell * j + cell / 2:.1f}" y="{top - 6}" text-anchor="middle">{k:g}</text>')
@@ -306,10 +307,10 @@ def render(meta: dict[str, Any], ordered: list[dict[str, Any]], top: int) -> str
                    r["rank"] == 1) for r in ordered]
         parts.append("<h2>样本内 vs 样本外 / In-sample vs out-of-sample（每个点是一组参数 / one dot per set）</h2>"
                      f'<div class="card">{scatter(points)}<p class="meta">'
-                     "右上象限：两段都盈利。若点大致沿对角线分布，样本内的排名才有意义；"
-                     "若成一团或向右下倾斜，排名多半是噪声。 / Top right: profitable in both parts. "
-                     "Only if the dots lie roughly along the diagonal does the in-sample ranking mean "
-                     "something.</p></div>")
+                     "右上象限：两段都盈利；右下象限：样本内赚钱、样本外亏钱（过度拟合的典型样子）。"
+                     "红点是样本内排名第一的参数组。 / Top right: profitable in both parts; bottom right: "
+                     "made money in-sample and lost it out of sample (what overfitting looks like). "
+                     "The red dot is the best in-sample set.</p></div>")
 
     # How to check a set, and what the figures mean.
     if ordered:
