@@ -29,7 +29,7 @@ from config import Config
 from engine import Engine, Transition, engine_from_config
 from history import HistoryError
 from metrics import Marks, checkpoint, settings_fields, summarize
-from state import State
+from state import Action, Reason, State
 from tape import NO_FUNDING, FundingEvents, Series, load_tape, read_funding
 
 
@@ -87,6 +87,7 @@ def _play(bounds: list[int], times: list[int], prices: list[float], funding: Fun
           events: list, progress: Any) -> None:
     """The tick loop of ``run``."""
     fund_ticks, fund_at = funding.tick, 0
+    m_tick, m_net, m_qty, m_entry = marks.tick, marks.net, marks.qty, marks.entry  # Marks.add, inlined
     for a, b in zip(bounds, bounds[1:], strict=False):
         while fund_at < len(fund_ticks) and fund_ticks[fund_at] == a:  # before the first tick at/after its time
             if ledger.qty:
@@ -99,9 +100,13 @@ def _play(bounds: list[int], times: list[int], prices: list[float], funding: Fun
                 fills = _execute(engine, broker, tr, events)
                 happened.append((tr, fills))
                 if fills:
-                    marks.add(i, ledger)
+                    m_tick.append(i)
+                    m_net.append(ledger.net_pnl_usdt)
+                    m_qty.append(ledger.qty)
+                    m_entry.append(ledger.entry_price)
+                    state = engine.state
                     for f in fills:
-                        actions.append((t, f, engine.state))
+                        actions.append((t, f, state))
         if progress is not None:
             progress.update(b - a)
 
@@ -154,10 +159,14 @@ def write_db(store, result: Result, series: Series, cfg: Config, source: str) ->
             store.set_status({"band_up": bands.up, "band_mid": bands.mid, "band_dn": bands.dn})
 
 
+_TEXT = {member: member.value for enum in (Action, Reason, State) for member in enum}
+
+
 def json_line(time_ms: int, fill: Fill, state: State) -> str:
     """One ``--json`` order line; the same text ``json.dumps`` makes of that dict, built faster."""
-    return (f'{{"time_ms": {time_ms}, "action": "{fill.action.value}", "price": {float(fill.price)!r}, '
-            f'"reason": "{fill.reason.value}", "state": "{state.value}"}}')
+    text = _TEXT
+    return (f'{{"time_ms": {time_ms}, "action": "{text[fill.action]}", "price": {float(fill.price)!r}, '
+            f'"reason": "{text[fill.reason]}", "state": "{text[state]}"}}')
 
 
 def report(result: Result, source: str, out: TextIO) -> None:
