@@ -194,7 +194,8 @@ class VariantEngine(Engine):
       price and the bands of that closed window (the classic bar-close Bollinger rule). The
       orders are carried out at the first trade after the close (its time and price: the first
       moment a real order could go out); the transition records the decision's bands. A decision
-      made at the close of the last candle of a backtest has no later trade and is not executed.
+      made at the close of the last candle of a backtest has no later trade and is not executed;
+      live, a candle without a single trade lets the next close's decision replace the pending one.
     * Breakout buffer: see ``state.step_buffered``.
     * Stop-loss cooldown: after a stop-loss decided in candle S, a fresh entry decided in a candle
       opening at or before S + N candles is skipped (``state.is_fresh_entry``): the state goes to

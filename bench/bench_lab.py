@@ -196,6 +196,13 @@ def render(r: dict) -> str:
         f"One backtest per set, timed: {', '.join(f'{t:.2f}' for t in s['backtest_runs'])} s. The download's "
         "speed is mostly the simulated exchange building each page from its ticks; Binance's limit would allow "
         "240 such pages (360,000 candles) a minute.",
+        "",
+        f"The machine is shared with other work (load average {r['load_start']:.2f} at the start of this run, "
+        f"{r['load_end']:.2f} at its end, on 2 cores): a timing can only be stretched by it, so the table gives the "
+        "best run of each command (timeit style) and, for the backtest, also the figure from the medians. "
+        "`Engine.on_trade` alone costs about 0.8 µs per tick (the core section); the rest of the backtest's "
+        "marginal cost is reading the file, the paper fills (one every ten ticks with the default strategy), "
+        "the JSON lines and the figures.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -212,10 +219,12 @@ def main() -> int:
             "machine": common.machine(with_load=True), "date": time.strftime("%Y-%m-%d", time.gmtime()),
             "command": " ".join(["python bench/bench_lab.py", *sys.argv[1:]]), "candles": n,
             "runs_backtest": 7, "runs_sweep": 3,
+            "load_start": os.getloadavg()[0],
             "sweep": bench_sweep(data, tmp, env, 3),
             "backtest": bench_backtest(data, tmp, env, 7),
             "download": bench_download(data, tmp, env, 3),
         }
+        results["load_end"] = os.getloadavg()[0]
     section = render(results)
     sys.stdout.write(section)
     json.dump({k: v for k, v in results.items()}, sys.stderr, default=str)
