@@ -94,9 +94,9 @@ def _play(bounds: list[int], times: list[int], prices: list[float], funding: Fun
                 ledger.apply_funding(funding.rate[fund_at], funding.mark_price[fund_at])
                 marks.add(a, ledger)
             fund_at += 1
-        for i, t, p in zip(range(a, b), times[a:b], prices[a:b], strict=True):
-            tr = on_trade(t, p)
+        for i, tr in enumerate(map(on_trade, times[a:b], prices[a:b]), a):  # Engine.on_trade(time, price)
             if tr is not None:
+                t = times[i]
                 fills = _execute(engine, broker, tr, events)
                 happened.append((tr, fills))
                 if fills:
