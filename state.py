@@ -164,12 +164,48 @@ _COMPILED: dict[State, tuple[tuple[bool, Callable[[float, float], bool], State, 
 }
 
 
+def _rules_function(state: State) -> Callable[[float, float, float], tuple[State, tuple[Order, ...]]]:
+    """The rows of ``state`` (``_COMPILED``, so ``TABLE``) as one function of (price, UP, DN).
+
+    It returns the first row that holds, else the state unchanged without orders. Every state has
+    one or two rows; a function per state saves the loop on every tick (a quarter of ``step``'s time).
+    """
+    rules = _COMPILED[state]
+    unchanged: tuple[State, tuple[Order, ...]] = (state, ())
+    if len(rules) == 1:
+        ((use_up, compare, to, orders),) = rules
+        result = (to, orders)
+        if use_up:
+            return lambda p, up, dn: result if compare(p, up) else unchanged
+        return lambda p, up, dn: result if compare(p, dn) else unchanged
+    if len(rules) == 2:
+        (up_1, compare_1, to_1, orders_1), (up_2, compare_2, to_2, orders_2) = rules
+        first, second = (to_1, orders_1), (to_2, orders_2)
+
+        def two(p: float, up: float, dn: float) -> tuple[State, tuple[Order, ...]]:
+            if compare_1(p, up if up_1 else dn):
+                return first
+            if compare_2(p, up if up_2 else dn):
+                return second
+            return unchanged
+
+        return two
+
+    def any_number(p: float, up: float, dn: float) -> tuple[State, tuple[Order, ...]]:
+        for use_up, compare, to, orders in rules:
+            if compare(p, up if use_up else dn):
+                return to, orders
+        return unchanged
+
+    return any_number
+
+
+_STEP = {state: _rules_function(state) for state in TABLE}
+
+
 def step(state: State, price: float, up: float, dn: float) -> tuple[State, tuple[Order, ...]]:
     """One tick of the strategy: (next state, orders). Unchanged state means no orders."""
-    for use_up, compare, to, orders in _COMPILED[state]:
-        if compare(price, up if use_up else dn):
-            return to, orders
-    return state, ()
+    return _STEP[state](price, up, dn)
 
 
 def parse_state(name: str) -> State:
