@@ -24,6 +24,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+import numpy as np
+
 from broker import Fill, Ledger, PaperBroker, paper_broker_from_config, record_transition
 from config import Config
 from engine import Engine, Transition, engine_from_config
@@ -56,7 +58,7 @@ def run(series: Series, cfg: Config, funding: FundingEvents = NO_FUNDING, progre
     actions: list[tuple[int, Fill, State]] = []
     events: list[tuple[int, str, str]] = []
     marks = Marks()
-    times, prices = series.tick_lists()
+    times, prices = series.times, series.prices  # numpy; turned into Python numbers a stretch at a time
     n_ticks = len(times)
     # The ticks in stretches that end where a funding payment is due (and every ~1 % for the
     # progress bar). Candles roll when the first trade of the next one arrives, as in `run`; the
@@ -82,7 +84,7 @@ def run(series: Series, cfg: Config, funding: FundingEvents = NO_FUNDING, progre
     return Result(summary, happened, ledger, engine.state, events, marks, actions)
 
 
-def _play(bounds: list[int], times: list[int], prices: list[float], funding: FundingEvents, ledger: Ledger,
+def _play(bounds: list[int], times: np.ndarray, prices: np.ndarray, funding: FundingEvents, ledger: Ledger,
           marks: Marks, on_trade: Any, engine: Engine, broker: PaperBroker, happened: list, actions: list,
           events: list, progress: Any) -> None:
     """The tick loop of ``run``."""
@@ -94,9 +96,10 @@ def _play(bounds: list[int], times: list[int], prices: list[float], funding: Fun
                 ledger.apply_funding(funding.rate[fund_at], funding.mark_price[fund_at])
                 marks.add(a, ledger)
             fund_at += 1
-        for i, tr in enumerate(map(on_trade, times[a:b], prices[a:b]), a):  # Engine.on_trade(time, price)
+        stretch_times = times[a:b].tolist()
+        for i, tr in enumerate(map(on_trade, stretch_times, prices[a:b].tolist()), a):  # Engine.on_trade(t, p)
             if tr is not None:
-                t = times[i]
+                t = stretch_times[i - a]
                 fills = _execute(engine, broker, tr, events)
                 happened.append((tr, fills))
                 if fills:
