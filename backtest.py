@@ -1,72 +1,38 @@
 """``bollmin.py backtest``: history through the same engine and paper broker as the live bot.
 
+The file is read by ``tape.py`` (every candle of the file played as its 4 ticks, aggregated to
+INTERVAL when the file is finer), each tick goes through ``Engine.on_trade`` (the engine the
+settings ask for: ``engine_from_config``) and every transition's orders through the paper broker
+(``paper_broker_from_config``), exactly as in ``run``. Funding payments from FUNDING_FILE (or
+``--funding``) are charged on the open position before the first tick at or after their time.
+The figures are computed by ``metrics.py`` (its docstring defines each), the same code the
+sweep uses.
+
 Decisions about the summary's figures (also in the README):
 * ``trades`` counts closed positions (round trips); ``orders`` counts order actions.
 * ``net_pnl_usdt`` = realised PnL of closed positions − every fee paid (including the entry
-  fee of a position still open at the end); that open position's mark-to-market is reported
-  separately as ``unrealized_pnl_usdt``.
-* ``win_rate`` = closed positions whose PnL after both fees is > 0, divided by ``trades``.
-* ``max_drawdown_usdt`` = the largest fall of mark-to-market equity (net PnL + unrealised)
-  from its running peak, evaluated at every tick; a positive number.
+  fee of a position still open at the end) − funding paid; that open position's
+  mark-to-market is reported separately as ``unrealized_pnl_usdt``.
 * An entry below the exchange minimums is refused (no order line), leaving the bot FLAT.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from broker import DEFAULT_RULES, Fill, Ledger, PaperBroker, record_transition
+import numpy as np
+
+from broker import Fill, Ledger, PaperBroker, paper_broker_from_config, record_transition
 from config import Config
-from engine import Engine, Transition
-from history import Candle, HistoryError, check_contiguous, infer_interval_ms, interval_ms, interval_name, path_ticks
-from state import State
-
-
-@dataclass
-class Plan:
-    """A validated backtest input: the candles at INTERVAL and, per candle, the candles to play."""
-
-    file_interval_ms: int
-    interval_ms: int
-    candles: list[Candle]                       # at INTERVAL (aggregated when the file is finer)
-    groups: list[list[Candle]] = field(default_factory=list)  # the file's candles of each one
-
-
-def plan(candles: list[Candle], interval: str, label: str = "klines") -> Plan:
-    """Check the file's interval against INTERVAL and group fine candles into buckets."""
-    target = interval_ms(interval)
-    if len(candles) < 2:
-        raise HistoryError(f"{label}: need at least 2 candles to tell the file's interval")
-    step = infer_interval_ms(candles)
-    name = interval_name(step) or f"{step} ms"
-    if step > target or target % step:
-        raise HistoryError(
-            f"{label}: the file's interval ({name}) does not divide INTERVAL ({interval}); "
-            f"use a file of {interval} or a finer interval that divides it"
-        )
-    for c in candles:
-        if c.open_time_ms % step:
-            raise HistoryError(f"{label}: open time {c.open_time_ms} is not aligned to the {name} interval")
-    check_contiguous(candles, step, label)
-    if step == target:
-        return Plan(step, target, candles, [[c] for c in candles])
-    groups: list[list[Candle]] = []
-    bucket = None
-    for c in candles:
-        b = c.open_time_ms // target
-        if b != bucket:
-            groups.append([])
-            bucket = b
-        groups[-1].append(c)
-    agg = []
-    for g in groups:
-        agg.append(Candle(g[0].open_time_ms // target * target, g[0].open, max(c.high for c in g),
-                          min(c.low for c in g), g[-1].close, sum(c.volume for c in g)))
-    return Plan(step, target, agg, groups)
+from engine import Engine, Transition, engine_from_config
+from history import HistoryError
+from metrics import Marks, checkpoint, settings_fields, summarize
+from state import Action, Reason, State
+from tape import NO_FUNDING, FundingEvents, Series, load_tape, read_funding
 
 
 @dataclass
@@ -76,114 +42,130 @@ class Result:
     ledger: Ledger
     final_state: State
     events: list[tuple[int, str, str]]
+    marks: Marks
+    actions: list[tuple[int, Fill, State]]  # (time_ms, fill, state after), in order
+    # Changes of the state outside the table, after the transition at that index of
+    # ``transitions`` (an entry refused for the exchange minimums: FLAT), recorded like run does.
+    overrides: dict[int, Transition] = field(default_factory=dict)
 
 
-def run(p: Plan, cfg: Config, on_fill: Callable[[int, Fill, State], None] | None = None,
-        progress: Callable[[int, int], None] | None = None) -> Result:
-    """Play every candle of the plan as ticks; returns the summary and what happened."""
-    engine = Engine(cfg.BOLL_PERIOD, cfg.BOLL_K, cfg.BOLL_DDOF, p.interval_ms)
-    broker = PaperBroker(cfg.TRADE_AMOUNT_USDT, cfg.PAPER_FEE_RATE, DEFAULT_RULES)
+def run(series: Series, cfg: Config, funding: FundingEvents = NO_FUNDING, progress: Any = None) -> Result:
+    """Play every tick of ``series`` through the engine and the paper broker; returns what happened.
+
+    ``progress``: an object with ``update(n)`` (a ``progress.bar``), told about ticks done.
+    """
+    engine = engine_from_config(cfg, series.interval_ms)
+    broker = paper_broker_from_config(cfg)
     ledger = broker.ledger
     happened: list[tuple[Transition, list[Fill]]] = []
+    overrides: dict[int, Transition] = {}
+    actions: list[tuple[int, Fill, State]] = []
     events: list[tuple[int, str, str]] = []
-    peak = 0.0
-    max_dd = 0.0
-    orders = 0
-    ticks = 0
-    total = len(p.groups)
-    every = max(total // 100, 1)
-    fine_ms = p.file_interval_ms
+    marks = Marks()
+    times, prices = series.times, series.prices  # numpy; turned into Python numbers a stretch at a time
+    n_ticks = len(times)
+    # The ticks in stretches that end where a funding payment is due (and every ~1 % for the
+    # progress bar). Candles roll when the first trade of the next one arrives, as in `run`; the
+    # exchange's kline close would only confirm the same close here (the file's close is its
+    # last tick), so it is not replayed.
+    chunk = max(n_ticks // 100, 1)
+    bounds = sorted(set(range(0, n_ticks, chunk)).union(funding.tick))
+    bounds.append(n_ticks)
     on_trade = engine.on_trade
-    for i, (candle, group) in enumerate(zip(p.candles, p.groups, strict=False)):
-        for fine in group:
-            for t, price in path_ticks(fine, fine_ms):
-                ticks += 1
-                tr = on_trade(t, price)
-                if tr is not None:
-                    fills = _execute(engine, broker, tr, events)
-                    orders += len(fills)
-                    happened.append((tr, fills))
-                    if on_fill is not None:
-                        for f in fills:
-                            on_fill(t, f, engine.state)
-                if ledger.qty:
-                    equity = ledger.realized_usdt - ledger.fees_usdt + (price - ledger.entry_price) * ledger.qty
-                else:
-                    equity = ledger.realized_usdt - ledger.fees_usdt
-                if equity > peak:
-                    peak = equity
-                elif peak - equity > max_dd:
-                    max_dd = peak - equity
-        engine.on_candle_closed(candle.open_time_ms, candle.close)
-        if progress is not None and (i % every == 0 or i == total - 1):
-            progress(i + 1, total)
-    last_price = p.candles[-1].close
-    trades = ledger.closed_trades
-    summary = {
-        "trades": trades,
-        "orders": orders,
-        "net_pnl_usdt": round(ledger.net_pnl_usdt, 8),
-        "gross_pnl_usdt": round(ledger.realized_usdt, 8),
-        "fees_usdt": round(ledger.fees_usdt, 8),
-        "win_rate": round(ledger.winning_trades / trades, 6) if trades else 0.0,
-        "wins": ledger.winning_trades,
-        "losses": trades - ledger.winning_trades,
-        "max_drawdown_usdt": round(max_dd, 8),
-        "open_position_qty": round(ledger.qty, 8),
-        "unrealized_pnl_usdt": round(ledger.unrealized(last_price), 8),
-        "final_state": engine.state.value,
-        "transitions": len(happened),
-        "candles": len(p.candles),
-        "ticks": ticks,
-        "interval": interval_name(p.interval_ms),
-        "file_interval": interval_name(p.file_interval_ms),
-        "first_open_time_ms": p.candles[0].open_time_ms,
-        "last_open_time_ms": p.candles[-1].open_time_ms,
-        "trade_amount_usdt": cfg.TRADE_AMOUNT_USDT,
-        "fee_rate": cfg.PAPER_FEE_RATE,
-    }
-    return Result(summary, happened, ledger, engine.state, events)
+    # The loop makes many short-lived tuples and no reference cycles: the cyclic GC would only rescan
+    # the growing lists of actions again and again (about a tenth of the loop's time).
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    try:
+        _play(bounds, times, prices, funding, ledger, marks, on_trade, engine, broker, happened, actions, events,
+              overrides, progress)
+    finally:
+        if gc_was_on:
+            gc.enable()
+    orders = sum(len(fills) for _tr, fills in happened)
+    summary = summarize(series, marks, checkpoint(ledger, engine.state, len(happened), orders))
+    summary.update(settings_fields(cfg))
+    return Result(summary, happened, ledger, engine.state, events, marks, actions, overrides)
 
 
-def _execute(engine: Engine, broker: PaperBroker, tr: Transition, events: list[tuple[int, str, str]]) -> list[Fill]:
-    """Paper-fill a transition's orders; a refused entry leaves the engine FLAT (as live does)."""
+def _play(bounds: list[int], times: np.ndarray, prices: np.ndarray, funding: FundingEvents, ledger: Ledger,
+          marks: Marks, on_trade: Any, engine: Engine, broker: PaperBroker, happened: list, actions: list,
+          events: list, overrides: dict, progress: Any) -> None:
+    """The tick loop of ``run``."""
+    fund_ticks, fund_at = funding.tick, 0
+    m_tick, m_net, m_qty, m_entry = marks.tick, marks.net, marks.qty, marks.entry  # Marks.add, inlined
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        while fund_at < len(fund_ticks) and fund_ticks[fund_at] == a:  # before the first tick at/after its time
+            if ledger.qty:
+                ledger.apply_funding(funding.rate[fund_at], funding.mark_price[fund_at])
+                marks.add(a, ledger)
+            fund_at += 1
+        stretch_times = times[a:b].tolist()
+        for i, tr in enumerate(map(on_trade, stretch_times, prices[a:b].tolist()), a):  # Engine.on_trade(t, p)
+            if tr is not None:
+                t = stretch_times[i - a]
+                fills, override = _execute(engine, broker, tr, events)
+                happened.append((tr, fills))
+                if override is not None:
+                    overrides[len(happened) - 1] = override
+                if fills:
+                    m_tick.append(i)
+                    m_net.append(ledger.net_pnl_usdt)
+                    m_qty.append(ledger.qty)
+                    m_entry.append(ledger.entry_price)
+                    state = engine.state
+                    for f in fills:
+                        actions.append((t, f, state))
+        if progress is not None:
+            progress.update(b - a)
+
+
+def _execute(engine: Engine, broker: PaperBroker, tr: Transition,
+             events: list[tuple[int, str, str]]) -> tuple[list[Fill], Transition | None]:
+    """Paper-fill a transition's orders; a refused entry leaves the engine FLAT (as run does),
+    through ``Engine.override``: returns the fills and that override, if any."""
     fills, refused = broker.fill_orders(tr.orders, tr.price)
+    override = None
     if refused:
-        engine.state = State.FLAT
+        override = engine.override(State.FLAT, "refused", tr.time_ms)
         events.append((tr.time_ms, "ERROR", f"entry refused: {refused}"))
-    return fills
+    return fills, override
 
 
-def write_db(store, result: Result, p: Plan, cfg: Config, source: str) -> None:
-    """Replace any earlier backtest in ``store`` with this one, in one transaction."""
+def write_db(store, result: Result, series: Series, cfg: Config, source: str) -> None:
+    """Replace any earlier backtest in ``store`` with this one, in one transaction (sweep results stay)."""
     db_id = store.conn.execute("SELECT value FROM status WHERE key = 'db_id'").fetchone()[0]
+    candles = series.candles()
     with store.transaction():
         store.clear_trading_data()
-        store.add_candles(cfg.SYMBOL, cfg.INTERVAL, p.interval_ms, p.candles)
+        store.add_candles(cfg.SYMBOL, cfg.INTERVAL, series.interval_ms, candles)
         replay = Ledger()
-        for tr, fills in result.transitions:
+        for i, (tr, fills) in enumerate(result.transitions):
             for f in fills:
                 replay.apply(f.action, f.price, f.qty, f.fee_usdt)
             record_transition(store, tr, fills, db_id=db_id, symbol=cfg.SYMBOL, paper=True, ledger=replay,
                               cause="backtest")
-        first, last = p.candles[0].open_time_ms, p.candles[-1].open_time_ms
-        store.add_event("INFO", f"backtest of {source}: {len(p.candles)} {cfg.INTERVAL} candles", first)
+            override = result.overrides.get(i)
+            if override is not None:
+                record_transition(store, override, [], db_id=db_id, symbol=cfg.SYMBOL, paper=True, ledger=replay)
+        first, last = candles[0].open_time_ms, candles[-1].open_time_ms
+        store.add_event("INFO", f"backtest of {source}: {len(candles)} {cfg.INTERVAL} candles", first)
         for t, level, message in result.events:
             store.add_event(level, message, t)
         s = result.summary
         store.add_event("INFO", f"backtest finished: {s['trades']} trades, net {s['net_pnl_usdt']:.2f} USDT", last)
         bands = None
         last_tr = result.transitions[-1][0] if result.transitions else None
-        last_c = p.candles[-1]
+        last_c = candles[-1]
         store.set_status({
             "db_role": "backtest", "mode": "BACKTEST", "symbol": cfg.SYMBOL, "interval": cfg.INTERVAL,
             "state": result.final_state.value, "price": last_c.close,
-            "price_time_ms": last_c.open_time_ms + p.interval_ms - 1, "connection": "finished",
+            "price_time_ms": last_c.open_time_ms + series.interval_ms - 1, "connection": "finished",
             "unrealized_pnl_usdt": s["unrealized_pnl_usdt"], "backtest_file": source,
             "summary_json": json.dumps(s),
             "last_transition_id": "" if last_tr is None else len(result.transitions),
         })
-        closes = [c.close for c in p.candles[-cfg.BOLL_PERIOD:]]
+        closes = [c.close for c in candles[-cfg.BOLL_PERIOD:]]
         if len(closes) == cfg.BOLL_PERIOD:
             from indicators import LiveBoll
 
@@ -192,9 +174,14 @@ def write_db(store, result: Result, p: Plan, cfg: Config, source: str) -> None:
             store.set_status({"band_up": bands.up, "band_mid": bands.mid, "band_dn": bands.dn})
 
 
+_TEXT = {member: member.value for enum in (Action, Reason, State) for member in enum}
+
+
 def json_line(time_ms: int, fill: Fill, state: State) -> str:
-    return json.dumps({"time_ms": time_ms, "action": fill.action.value, "price": fill.price,
-                       "reason": fill.reason.value, "state": state.value})
+    """One ``--json`` order line; the same text ``json.dumps`` makes of that dict, built faster."""
+    text = _TEXT
+    return (f'{{"time_ms": {time_ms}, "action": "{text[fill.action]}", "price": {float(fill.price)!r}, '
+            f'"reason": "{text[fill.reason]}", "state": "{text[state]}"}}')
 
 
 def report(result: Result, source: str, out: TextIO) -> None:
@@ -208,7 +195,13 @@ def report(result: Result, source: str, out: TextIO) -> None:
     w(f"  净盈亏 (net PnL)         {s['net_pnl_usdt']:+.2f} USDT\n")
     w(f"  毛盈亏 (gross PnL)       {s['gross_pnl_usdt']:+.2f} USDT\n")
     w(f"  手续费 (fees)            {s['fees_usdt']:.2f} USDT\n")
+    if s["funding_usdt"]:
+        w(f"  资金费 (funding paid)    {s['funding_usdt']:+.2f} USDT\n")
     w(f"  最大回撤 (max drawdown)  {s['max_drawdown_usdt']:.2f} USDT\n")
+    pf = "—" if s["profit_factor"] is None else f"{s['profit_factor']:.2f}"
+    sharpe = "—" if s["sharpe_daily"] is None else f"{s['sharpe_daily']:.2f}"
+    w(f"  盈亏比 (profit factor)   {pf}   夏普 (Sharpe, daily) {sharpe}   持仓时间 (exposure) "
+      f"{s['exposure'] * 100:.1f}%\n")
     w(f"  最终状态 (final state)   {s['final_state']}  持仓 (position) {s['open_position_qty']}  "
       f"浮动盈亏 (unrealised) {s['unrealized_pnl_usdt']:+.2f} USDT\n")
     if result.transitions:
@@ -218,41 +211,39 @@ def report(result: Result, source: str, out: TextIO) -> None:
             w(f"    {tr.time_ms}  {f.action.value:<11} {f.reason.value:<11} {f.price:>12.2f}  qty {f.qty}\n")
 
 
-def progress_bar(stream: TextIO) -> Callable[[int, int], None]:
-    def show(done: int, total: int) -> None:
-        width = 30
-        filled = width * done // total
-        stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done * 100 // total:3d}%")
-        if done == total:
-            stream.write("\n")
-        stream.flush()
-
-    return show
-
-
 def main_backtest(cfg: Config, path: str, as_json: bool, db_path: str | None, out: TextIO = sys.stdout,
-                  err: TextIO = sys.stderr) -> int:
-    """The backtest subcommand. Raises HistoryError for bad input (before anything is written)."""
-    from history import read_candles
+                  err: TextIO = sys.stderr, funding_path: str | None = None) -> int:
+    """The backtest subcommand. Raises HistoryError for bad input (before anything is written).
 
-    candles = read_candles(path)
-    p = plan(candles, cfg.INTERVAL, label=path)
+    ``funding_path`` (``--funding``) overrides FUNDING_FILE.
+    """
+    import progress as progress_mod
+
+    series = load_tape(path).at(cfg.INTERVAL)
+    funding_path = cfg.FUNDING_FILE if funding_path is None else funding_path
+    if funding_path:
+        cfg = cfg.replace(FUNDING_FILE=funding_path)
+    funding = read_funding(funding_path).on(series.tape) if funding_path else NO_FUNDING
     store = None
     if db_path is not None:
         import store as store_mod
 
         store = store_mod.Store(db_path)
         role = store.conn.execute("SELECT value FROM status WHERE key = 'db_role'").fetchone()
-        if role is not None and role[0] != "backtest":
+        if role is not None and role[0] not in ("backtest", "sweep"):
             store.close()
             raise HistoryError(f"{db_path} holds the trading bot's data; give --db a separate file for backtests")
-    show = progress_bar(err) if (not as_json and err.isatty() and len(p.groups) > 2000) else None
-    lines: list[str] = []
-    on_fill = (lambda t, f, s: lines.append(json_line(t, f, s))) if as_json else None
-    result = run(p, cfg, on_fill=on_fill, progress=show)
+    bar = None
+    if len(series) > 2000:
+        bar = progress_mod.bar(series.ticks, "backtest", "tick", stream=err, unit_scale=True)
+    try:
+        result = run(series, cfg, funding, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
     if store is not None:
         try:
-            write_db(store, result, p, cfg, path)
+            write_db(store, result, series, cfg, path)
         finally:
             store.close()
     refused = [message for _t, _level, message in result.events if message.startswith("entry refused: ")]
@@ -260,6 +251,7 @@ def main_backtest(cfg: Config, path: str, as_json: bool, db_path: str | None, ou
         err.write(f"bollmin: warning: {len(refused)} of the strategy's entries were refused by the exchange "
                   f"minimums (first: {refused[0][len('entry refused: '):]})\n")
     if as_json:
+        lines = [json_line(t, f, state) for t, f, state in result.actions]
         lines.append(json.dumps({"summary": result.summary}))
         out.write("\n".join(lines) + "\n")
     else:

@@ -3,6 +3,8 @@
 
     python bollmin.py [run]                      trade (paper by default)
     python bollmin.py backtest --klines FILE     replay history through the same engine
+    python bollmin.py sweep --klines FILE ...    the strategy lab: many parameter sets, walk-forward
+    python bollmin.py download --interval I ...  fetch closed candles (and funding) from the exchange
     python bollmin.py trades [--json]            orders and fills recorded in the DB
     python bollmin.py dashboard                  the web page
     python bollmin.py demo                       the whole system offline
@@ -93,6 +95,43 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--db", metavar="PATH",
                    help="also record the run in this SQLite file (replacing an earlier backtest)")
     b.add_argument("--interval", metavar="I", help="override INTERVAL for this run (e.g. 15m)")
+    b.add_argument("--funding", metavar="FILE",
+                   help="charge the funding rates of FILE (download --funding, or Binance's archive); "
+                        "overrides FUNDING_FILE")
+    dl = sub.add_parser(
+        "download", parents=[common], help="fetch closed candles (and funding rates) into a backtest file",
+        description="Fetch closed candles from REST_BASE_URL into FILE (.csv or .csv.gz) in the backtest format. "
+                    "Running it again appends only what is missing.")
+    dl.add_argument("--symbol", metavar="S", default=None, help="contract (default: SYMBOL)")
+    dl.add_argument("--interval", metavar="I", default=None, help="candle interval (default: INTERVAL)")
+    dl.add_argument("--start", metavar="YYYY-MM-DD", required=True, help="first day (UTC)")
+    dl.add_argument("--end", metavar="YYYY-MM-DD", help="last day, inclusive (default: up to the last closed candle)")
+    dl.add_argument("--out", metavar="FILE", required=True, help="output file, .csv or .csv.gz")
+    dl.add_argument("--funding", action="store_true",
+                    help="also fetch the funding-rate history into FILE with .funding before .csv")
+    sw = sub.add_parser(
+        "sweep", parents=[common], help="the strategy lab: many parameter sets over a kline file",
+        description="Run every combination of the given values through an evaluator proven to give exactly "
+                    "backtest's actions, in parallel. LIST: comma-separated values or start:stop:step (inclusive); "
+                    "an axis not given keeps the settings' value.")
+    sw.add_argument("--klines", metavar="FILE", required=True, help="kline file, as for backtest (.csv, .gz, .zip)")
+    sw.add_argument("--interval", metavar="LIST", help="intervals, e.g. 15m,1h,4h")
+    sw.add_argument("--period", metavar="LIST", help="BOLL_PERIOD values, e.g. 10:60:5")
+    sw.add_argument("--k", metavar="LIST", help="BOLL_K values, e.g. 1.5:3:0.25")
+    sw.add_argument("--evaluate-on", metavar="LIST", dest="evaluate_on", help="EVALUATE_ON values: tick,close")
+    sw.add_argument("--buffer", metavar="LIST", help="BREAKOUT_BUFFER_PCT values, e.g. 0,0.05,0.1")
+    sw.add_argument("--cooldown", metavar="LIST", help="STOP_COOLDOWN_CANDLES values, e.g. 0,2,4")
+    sw.add_argument("--slippage", metavar="LIST", help="PAPER_SLIPPAGE_PCT values, e.g. 0,0.02")
+    sw.add_argument("--funding", metavar="FILE", help="charge these funding rates (overrides FUNDING_FILE)")
+    sw.add_argument("--train-fraction", metavar="F", type=float, dest="train_fraction",
+                    help="walk-forward: rank on the first F of the file, report the untouched rest (e.g. 0.7)")
+    sw.add_argument("--rank-by", metavar="FIELD", dest="rank_by", default="net_pnl_usdt",
+                    help="net_pnl_usdt (default), sharpe_daily, profit_factor, win_rate or max_drawdown_usdt")
+    sw.add_argument("--jobs", metavar="N", type=int, help="worker processes (default: all cores)")
+    sw.add_argument("--json", action="store_true", help="one JSON object per parameter set on stdout, best first")
+    sw.add_argument("--db", metavar="PATH", help="store the results in this SQLite file (for the dashboard)")
+    sw.add_argument("--report", metavar="FILE.html", help="write a self-contained HTML report")
+    sw.add_argument("--top", metavar="N", type=int, default=10, help="sets with equity curves (default 10)")
     t = sub.add_parser("trades", parents=[common], help="orders and fills recorded in the DB (newest last)",
                        description="Show the recorded orders and fills, newest last.")
     t.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -140,7 +179,25 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if args.interval:
         cfg = cfg.replace(INTERVAL=args.interval)
-    return main_backtest(cfg, args.klines, args.json, args.db)
+    return main_backtest(cfg, args.klines, args.json, args.db, funding_path=args.funding)
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from download import main_download
+
+    cfg = _load(args.config)
+    return main_download(cfg, args.symbol or cfg.SYMBOL, args.interval or cfg.INTERVAL, args.start, args.end,
+                         args.out, args.funding)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from sweep import AXES, main_sweep
+
+    cfg = _load(args.config)
+    given = {name: getattr(args, name) for name in AXES}
+    return main_sweep(cfg, args.klines, given, jobs=args.jobs, as_json=args.json, db_path=args.db,
+                      report_path=args.report, train_fraction=args.train_fraction, rank_by=args.rank_by,
+                      funding_path=args.funding, top=args.top)
 
 
 def cmd_trades(args: argparse.Namespace) -> int:
@@ -206,6 +263,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {
     "run": cmd_run,
     "backtest": cmd_backtest,
+    "sweep": cmd_sweep,
+    "download": cmd_download,
     "trades": cmd_trades,
     "dashboard": cmd_dashboard,
     "demo": cmd_demo,

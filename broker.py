@@ -10,8 +10,9 @@ Pure: recording fills in SQLite is the caller's job (``record_transition``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from decimal import ROUND_DOWN, Decimal
+from decimal import ROUND_CEILING, ROUND_DOWN, Decimal
 from typing import NamedTuple
 
 from engine import Transition
@@ -96,19 +97,32 @@ class Ledger:
     """Position and money of one symbol. ``qty`` is signed: > 0 long, < 0 short."""
 
     __slots__ = ("qty", "entry_price", "realized_usdt", "fees_usdt", "closed_trades", "winning_trades",
-                 "_open_fee")
+                 "_open_fee", "funding_usdt", "won_usdt", "lost_usdt")
 
     def __init__(self, qty: float = 0.0, entry_price: float = 0.0, realized_usdt: float = 0.0,
                  fees_usdt: float = 0.0, closed_trades: int = 0, winning_trades: int = 0) -> None:
         self.qty, self.entry_price = qty, entry_price
         self.realized_usdt, self.fees_usdt = realized_usdt, fees_usdt
         self.closed_trades, self.winning_trades = closed_trades, winning_trades
-        self._open_fee = 0.0  # fee paid to open the current position (for the win/loss verdict)
+        self._open_fee = 0.0  # costs of the current position so far: its entry fee (+ funding paid)
+        self.funding_usdt = 0.0  # funding paid (> 0) or received (< 0); backtest and sweep only
+        self.won_usdt = 0.0      # sum of the net PnL of winning round trips (for the profit factor)
+        self.lost_usdt = 0.0     # sum of the net losses of losing round trips, a positive number
 
     @property
     def net_pnl_usdt(self) -> float:
-        """Realised PnL minus every fee paid."""
-        return self.realized_usdt - self.fees_usdt
+        """Realised PnL minus every fee paid (and the funding paid, when funding is charged)."""
+        return self.realized_usdt - self.fees_usdt - self.funding_usdt
+
+    def apply_funding(self, rate: float, mark_price: float) -> float:
+        """Charge one funding payment on the open position; returns what it cost (< 0: received).
+
+        Payment = position notional at the mark price × rate; a positive rate makes longs pay shorts.
+        """
+        cost = self.qty * mark_price * rate
+        self.funding_usdt += cost
+        self._open_fee += cost
+        return cost
 
     def unrealized(self, price: float) -> float:
         return (price - self.entry_price) * self.qty if self.qty else 0.0
@@ -123,8 +137,12 @@ class Ledger:
             pnl = (price - self.entry_price) * closed * sign
             self.realized_usdt += pnl
             self.closed_trades += 1
-            if pnl - fee_usdt - self._open_fee > 0:
+            net = pnl - fee_usdt - self._open_fee
+            if net > 0:
                 self.winning_trades += 1
+                self.won_usdt += net
+            else:
+                self.lost_usdt -= net
             remaining = held - closed
             self.qty = sign * remaining if remaining > 1e-12 else 0.0
             if not self.qty:
@@ -140,19 +158,49 @@ class Ledger:
 
 
 class PaperBroker:
-    """Fills every order at the tick price, charging ``fee_rate`` of the notional."""
+    """Fills every order at the tick price, charging ``fee_rate`` of the notional.
+
+    ``slippage_pct`` (PAPER_SLIPPAGE_PCT, default 0): fills that much worse than the tick price,
+    buys higher and sells lower; the quantity is still sized at the tick price, as a live order is.
+    """
 
     def __init__(self, amount_usdt: float, fee_rate: float, rules: SymbolRules = DEFAULT_RULES,
-                 ledger: Ledger | None = None) -> None:
+                 ledger: Ledger | None = None, slippage_pct: float = 0.0) -> None:
         self.amount_usdt, self.fee_rate, self.rules = amount_usdt, fee_rate, rules
         self.ledger = ledger or Ledger()
+        self.slippage_pct = slippage_pct
+        self._buy_mult, self._sell_mult = 1.0 + slippage_pct / 100.0, 1.0 - slippage_pct / 100.0
+        self._step = float(rules.step)
+        self._min_steps = int((rules.min_qty / rules.step).to_integral_value(rounding=ROUND_CEILING))
+        self._max_steps = int((rules.max_qty / rules.step).to_integral_value(rounding=ROUND_DOWN))
+        self._min_notional = float(rules.min_notional)
+        self._qty_of_steps: dict[int, float] = {}
+
+    def entry_qty(self, price: float) -> float:
+        """Quantity of an entry at ``price``: exactly ``float(order_qty(...))``, usually without Decimal.
+
+        Raises OrderSizeError below the minimums. The float ratio ``amount / price / step`` is within
+        a few 1e-16 of the exact one, so away from a whole number of steps its floor is the floor
+        ``order_qty`` takes; near one (and near the minimum notional), ``order_qty`` decides.
+        """
+        steps = self.amount_usdt / price / self._step
+        n = math.floor(steps)
+        if 1e-9 < steps - n < 1 - 1e-9 and self._min_steps <= n <= self._max_steps \
+                and n * self._step * price > self._min_notional * (1 + 1e-9):
+            qty = self._qty_of_steps.get(n)
+            if qty is None:
+                qty = self._qty_of_steps[n] = float(n * self.rules.step)
+            return qty
+        return float(order_qty(self.amount_usdt, price, self.rules))
 
     def fill(self, order: Order, price: float) -> Fill:
         """Execute one order at ``price``. Raises OrderSizeError for an entry below the minimums."""
         if order.action.closes:
             qty = abs(self.ledger.qty)
         else:
-            qty = float(order_qty(self.amount_usdt, price, self.rules))
+            qty = self.entry_qty(price)
+        if self.slippage_pct:
+            price = price * (self._buy_mult if order.action.side == "BUY" else self._sell_mult)
         fee = qty * price * self.fee_rate
         pnl = self.ledger.apply(order.action, price, qty, fee)
         return Fill(order.action, order.reason, price, qty, fee, pnl)
@@ -172,6 +220,12 @@ class PaperBroker:
             except OrderSizeError as exc:
                 refused = str(exc)
         return fills, refused
+
+
+def paper_broker_from_config(cfg, rules: SymbolRules = DEFAULT_RULES, ledger: Ledger | None = None) -> PaperBroker:
+    """The paper broker the settings ask for: TRADE_AMOUNT_USDT, PAPER_FEE_RATE, PAPER_SLIPPAGE_PCT."""
+    return PaperBroker(cfg.TRADE_AMOUNT_USDT, cfg.PAPER_FEE_RATE, rules, ledger,
+                       float(getattr(cfg, "PAPER_SLIPPAGE_PCT", 0.0)))
 
 
 def client_order_id(db_id: str, transition_id: int, leg: str) -> str:

@@ -235,6 +235,25 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DASHBOARD_HOST", "127.0.0.1", "address the dashboard listens on", _host),
     Setting("DASHBOARD_PORT", 8080, "port of the dashboard", _between(1, 65535)),
     Setting("DASHBOARD_PASSWORD", "", "dashboard password; required when the host is not loopback", None),
+    # --- strategy variations: all off by default (the strategy table exactly); see README 策略实验室 ---
+    Setting(
+        "EVALUATE_ON", "tick",
+        "'tick': step the strategy table on every price tick (as specified); 'close': only when a candle "
+        "closes, with its close and the closed window's bands, orders at the first trade after the close",
+        _choice("tick", "close"),
+    ),
+    Setting("BREAKOUT_BUFFER_PCT", 0.0,
+            "a breakout (and a stop-loss) counts only beyond UP/DN by this % of the band price; 0 = off",
+            _between(0.0, 10.0)),
+    Setting("STOP_COOLDOWN_CANDLES", 0,
+            "after a stop-loss, skip entry signals for the rest of that candle and the next N candles; 0 = off",
+            _between(0, 100_000)),
+    Setting("PAPER_SLIPPAGE_PCT", 0.0,
+            "backtest and sweep fill this % worse than the tick price (buys higher, sells lower); 0 = off",
+            _between(0.0, 5.0)),
+    Setting("FUNDING_FILE", "",
+            "funding-rate history charged in backtest and sweep (from 'download --funding' or Binance's "
+            "archive); '' = no funding (paper 'run' never charges funding)", None),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -276,6 +295,12 @@ class Config:
     DASHBOARD_PORT: int
     DASHBOARD_PASSWORD: str
     source: str = "defaults"  # where the settings came from (a path or "defaults")
+    # --- strategy variations (defaults: off) ---
+    EVALUATE_ON: str = "tick"
+    BREAKOUT_BUFFER_PCT: float = 0.0
+    STOP_COOLDOWN_CANDLES: int = 0
+    PAPER_SLIPPAGE_PCT: float = 0.0
+    FUNDING_FILE: str = ""
 
     @property
     def mode(self) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from indicators import Bands, LiveBoll
-from state import Order, State, step
+from state import Order, State, buffer_bands, has_stop_loss, is_fresh_entry, step, step_buffered
 
 
 class Transition(NamedTuple):
@@ -156,3 +156,126 @@ class Engine:
         if self.forming_open_ms is None or self.forming_open_ms <= last_closed_open_ms:
             self.forming_open_ms = last_closed_open_ms + self.interval_ms
             self._forming_has_ticks = False
+
+    # ---- construction from the settings ------------------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg, interval_ms: int, state: State = State.FLAT, closes: Sequence[float] = (),
+                    last_closed_open_ms: int | None = None) -> Engine:
+        """The engine the settings ask for: this plain one, or a ``VariantEngine`` when a variation is on."""
+        return engine_from_config(cfg, interval_ms, state, closes, last_closed_open_ms)
+
+
+# ---- optional strategy variations (all off by default) ------------------------------------------------
+#
+# Each is a setting (config.py, "strategy variations"); with all of them off ``engine_from_config``
+# returns the plain ``Engine`` above, so the defaults are the strategy table exactly, on the same
+# code path. The variations live here, in the engine, so `run` (paper and live), `backtest` and
+# the sweep's evaluator (evaluator.py, proven equal action by action) all behave the same.
+
+
+class StrategyOptions(NamedTuple):
+    """The strategy variations. See README "策略实验室 / strategy lab" for what each means to a trader."""
+
+    evaluate_on_close: bool = False   # EVALUATE_ON = "close"
+    breakout_buffer_pct: float = 0.0  # BREAKOUT_BUFFER_PCT
+    stop_cooldown_candles: int = 0    # STOP_COOLDOWN_CANDLES
+
+    @property
+    def off(self) -> bool:
+        """True when every variation is off (the strategy table exactly)."""
+        return not (self.evaluate_on_close or self.breakout_buffer_pct or self.stop_cooldown_candles)
+
+
+def options_from_config(cfg) -> StrategyOptions:
+    """The variation settings of a ``config.Config`` (missing ones count as off)."""
+    return StrategyOptions(getattr(cfg, "EVALUATE_ON", "tick") == "close",
+                           float(getattr(cfg, "BREAKOUT_BUFFER_PCT", 0.0)),
+                           int(getattr(cfg, "STOP_COOLDOWN_CANDLES", 0)))
+
+
+def engine_from_config(cfg, interval_ms: int, state: State = State.FLAT, closes: Sequence[float] = (),
+                       last_closed_open_ms: int | None = None) -> Engine:
+    """An engine for the settings ``cfg``: BOLL_PERIOD/BOLL_K/BOLL_DDOF and the strategy variations."""
+    options = options_from_config(cfg)
+    if options.off:
+        return Engine(cfg.BOLL_PERIOD, cfg.BOLL_K, cfg.BOLL_DDOF, interval_ms, state, closes, last_closed_open_ms)
+    return VariantEngine(cfg.BOLL_PERIOD, cfg.BOLL_K, cfg.BOLL_DDOF, interval_ms, state, closes,
+                         last_closed_open_ms, options=options)
+
+
+class VariantEngine(Engine):
+    """``Engine`` with the optional variations; same candle clock, same bands, same table.
+
+    * Evaluate on close: the table is stepped once per candle, when it closes, with the close
+      price and the bands of that closed window (the classic bar-close Bollinger rule). The
+      orders are carried out at the first trade after the close (its time and price: the first
+      moment a real order could go out); the transition records the decision's bands. A decision
+      made at the close of the last candle of a backtest has no later trade and is not executed;
+      live, a candle without a single trade lets the next close's decision replace the pending one.
+    * Breakout buffer: see ``state.step_buffered``.
+    * Stop-loss cooldown: after a stop-loss decided in candle S, a fresh entry decided in a candle
+      opening at or before S + N candles is skipped (``state.is_fresh_entry``): the state goes to
+      FLAT without an order. The cooldown lives in memory; a restart forgets it.
+    """
+
+    __slots__ = ("options", "_buffer_pct", "_cooldown_ms", "_pending", "stop_candle_ms")
+
+    def __init__(self, period: int, k: float, ddof: int, interval_ms: int, state: State = State.FLAT,
+                 closes: Sequence[float] = (), last_closed_open_ms: int | None = None, *,
+                 options: StrategyOptions = StrategyOptions()) -> None:
+        self.options = options
+        self._buffer_pct = options.breakout_buffer_pct
+        self._cooldown_ms = options.stop_cooldown_candles * interval_ms
+        self._pending: tuple[float, tuple[float, float, float], int] | None = None
+        self.stop_candle_ms: int | None = None  # open time of the candle of the last stop-loss
+        super().__init__(period, k, ddof, interval_ms, state, closes, last_closed_open_ms)
+
+    def on_trade(self, time_ms: int, price: float) -> Transition | None:
+        """A tick: the candle clock as in ``Engine``; the table per the variations."""
+        in_forming = self._forming_has_ticks and self.forming_open_ms <= time_ms < self._forming_end_ms
+        if not in_forming and not self._enter_candle(time_ms):
+            return None
+        self.last_price = price
+        self.last_time_ms = time_ms
+        values = self.boll.values(price)
+        self._last_values = values
+        if values is None:
+            return None
+        if not self.options.evaluate_on_close:
+            return self._decide(time_ms, price, price, values, self.forming_open_ms)
+        pending = self._pending
+        if pending is None:
+            return None
+        self._pending = None
+        close, decided, candle_ms = pending
+        return self._decide(time_ms, price, close, decided, candle_ms)
+
+    def _decide(self, time_ms: int, price: float, p: float, values: tuple[float, float, float],
+                candle_ms: int) -> Transition | None:
+        """Step the table with price ``p`` and ``values``; the orders go out at ``price``."""
+        up, _mid, dn = values
+        up_break, dn_break = buffer_bands(up, dn, self._buffer_pct)
+        before = self.state
+        after, orders = step_buffered(before, p, up, dn, up_break, dn_break)
+        if after is before:
+            return None
+        if self._cooldown_ms:
+            stopped = self.stop_candle_ms
+            if stopped is not None and candle_ms <= stopped + self._cooldown_ms and is_fresh_entry(before, orders):
+                after, orders = State.FLAT, ()
+                if after is before:
+                    return None
+            if has_stop_loss(orders):
+                self.stop_candle_ms = candle_ms
+        self.state = after
+        return Transition(time_ms, before, after, price, Bands._make(values), orders)
+
+    def _close(self, open_ms: int, close: float) -> None:
+        if self.options.evaluate_on_close:
+            values = self.boll.values(close)  # the closed window: the last period-1 closes and this close
+            self._pending = None if values is None else (close, values, open_ms)
+        super()._close(open_ms, close)
+
+    def resync(self, closes: Sequence[float], last_closed_open_ms: int) -> None:
+        self._pending = None
+        super().resync(closes, last_closed_open_ms)

@@ -9,7 +9,7 @@ A file of candles is either
   * a raw Binance kline CSV: 12 columns, no header (``open_time, o, h, l, c, v, close_time, ...``),
     or with the header row ``open_time,open,high,low,close,volume,close_time,...,ignore`` that
     Binance's downloadable files carry today.
-Either may be gzip-compressed (name ends in ``.gz``).
+Either may be gzip-compressed (name ends in ``.gz``) or a Binance archive ``.zip`` holding one such CSV.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import io
 import math
 import os
 import stat
+import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO, NamedTuple
@@ -97,6 +98,7 @@ MAX_BLANK_ROWS = 10_000           # empty lines (or rows of empty cells) skipped
 MAX_OPEN_TIME_MS = 253_402_300_799_999  # 9999-12-31 23:59:59.999 UTC: later means not milliseconds
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_ZIP_MAGIC = b"PK\x03\x04"
 
 
 def _kind(mode: int) -> str:
@@ -135,12 +137,31 @@ def _open_binary(path: str) -> tuple[BinaryIO, BinaryIO]:
         os.close(fd)
         raise
     try:
-        if fh.peek(2)[:2] == _GZIP_MAGIC:  # by content, whatever the name says
+        head = fh.peek(4)[:4]
+        if head[:2] == _GZIP_MAGIC:  # by content, whatever the name says
             return fh, gzip.GzipFile(fileobj=fh, mode="rb")
+        if head == _ZIP_MAGIC:  # one of Binance's archive .zip files
+            return fh, _zip_member(fh, path)
     except OSError as exc:
         fh.close()
         raise HistoryError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except BaseException:
+        fh.close()
+        raise
     return fh, fh
+
+
+def _zip_member(fh: BinaryIO, path: str) -> BinaryIO:
+    """The one CSV inside a Binance archive ``.zip`` (data.binance.vision monthly/daily files),
+    as a decompressing stream (its text is bounded like any file's by ``_text_lines``)."""
+    try:
+        archive = zipfile.ZipFile(fh)
+    except zipfile.BadZipFile:
+        raise HistoryError(f"{path}: not a readable zip archive") from None
+    members = [info for info in archive.infolist() if not info.is_dir()]
+    if len(members) != 1:
+        raise HistoryError(f"{path}: a kline archive holds exactly one CSV file; this one holds {len(members)}")
+    return archive.open(members[0])
 
 
 def _text_lines(stream: BinaryIO, path: str) -> Iterator[str]:
@@ -198,6 +219,25 @@ def _cell(text: str) -> str:
     return repr(text if len(text) <= 40 else text[:40] + "...")
 
 
+def read_kline_bytes(path: str) -> bytes:
+    """The whole text of a kline file as bytes (decompressed), within the same limits as
+    ``read_candles``: a regular file, at most MAX_KLINE_BYTES of text. Raises HistoryError."""
+    fh, stream = _open_binary(path)
+    try:
+        data = stream.read(MAX_KLINE_BYTES + 1)
+    except (gzip.BadGzipFile, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        raise HistoryError(f"{path}: not a readable gzip or zip file ({type(exc).__name__}: {exc})") from None
+    except OSError as exc:
+        raise HistoryError(f"{path}: read error ({exc.strerror or exc})") from None
+    finally:
+        if stream is not fh:
+            stream.close()
+        fh.close()
+    if len(data) > MAX_KLINE_BYTES:
+        raise HistoryError(f"{path}: more than {MAX_KLINE_BYTES:,} bytes of text (after decompression): split the file")
+    return data
+
+
 def _rows(path: str) -> Iterator[tuple[int, list[str]]]:
     """(line number, cells) of every non-blank row."""
     fh, stream = _open_binary(path)
@@ -212,8 +252,8 @@ def _rows(path: str) -> Iterator[tuple[int, list[str]]]:
                 blank += 1
                 if blank > MAX_BLANK_ROWS:
                     raise HistoryError(f"{path}: more than {MAX_BLANK_ROWS:,} empty rows: not a kline CSV file")
-    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-        raise HistoryError(f"{path}: not a readable gzip file ({type(exc).__name__}: {exc})") from None
+    except (gzip.BadGzipFile, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        raise HistoryError(f"{path}: not a readable gzip or zip file ({type(exc).__name__}: {exc})") from None
     except csv.Error as exc:
         raise HistoryError(f"{path}: not a readable CSV file ({exc})") from None
     except OSError as exc:

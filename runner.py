@@ -39,7 +39,14 @@ import sdnotify
 import startup
 import store as db
 import timing
-from broker import Ledger, PaperBroker, ledger_from_status, ledger_status, record_transition, state_from_status
+from broker import (
+    Ledger,
+    ledger_from_status,
+    ledger_status,
+    paper_broker_from_config,
+    record_transition,
+    state_from_status,
+)
 from commands import serve_commands
 from config import Config, env
 from engine import Engine, Transition
@@ -84,8 +91,8 @@ class Bot:
             restored = State.FLAT
         closes = self._call_sync(lambda s: db.read_candles(s.conn, cfg.SYMBOL, cfg.INTERVAL, cfg.BOLL_PERIOD - 1))
         self._next_tid = self._call_sync(lambda s: db.next_transition_id(s.conn))
-        self.engine = Engine(cfg.BOLL_PERIOD, cfg.BOLL_K, cfg.BOLL_DDOF, self.step_ms, restored,
-                             [c.close for c in closes], closes[-1].open_time_ms if closes else None)
+        self.engine = Engine.from_config(cfg, self.step_ms, restored,
+                                         [c.close for c in closes], closes[-1].open_time_ms if closes else None)
         self.paused = status.get("entries_paused") == "1"
         self.pause_reason = status.get("pause_reason") or ""
         self.banned_until = 0.0  # time.monotonic() until which a 418 IP ban blocks new entries
@@ -94,7 +101,7 @@ class Bot:
         self.exchange: Any = None
         self.executor: Executor | None = None
         self.user_stream: UserStream | None = None
-        self.paper_broker = PaperBroker(cfg.TRADE_AMOUNT_USDT, cfg.PAPER_FEE_RATE, ledger=self.ledger)
+        self.paper_broker = paper_broker_from_config(cfg, ledger=self.ledger)
         self.feed = Feed(stream_url(cfg.WS_BASE_URL, cfg.SYMBOL, cfg.INTERVAL), cfg.SYMBOL, cfg.INTERVAL,
                          on_event=self.dispatch, stall_s=cfg.WS_STALL_SECONDS, max_age_s=cfg.WS_MAX_AGE_HOURS * 3600,
                          max_jump_pct=cfg.MAX_PRICE_JUMP_PCT, reference_price=closes[-1].close if closes else None)

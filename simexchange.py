@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import collections
 import hashlib
 import hmac
@@ -281,7 +282,126 @@ def exchange_info(symbol: str, server_ms: int) -> dict[str, Any]:
     }
 
 
-class SimExchange:
+# -- public market history: request weight, injected faults, funding-rate history ----------------
+#
+# Used by ``bollmin.py download`` (and its tests): every REST answer carries Binance's
+# ``X-MBX-USED-WEIGHT-1M`` (the weight this minute); klines and fundingRate past the per-minute
+# limit get 429 with ``Retry-After`` (to the next minute), as Binance does; ``/_sim/public_rate_limit``
+# makes public requests fail with 429/418 after a number of good ones; ``/_sim/corrupt_klines``
+# spoils one row of the next klines answers. Funding rates are generated from the candles: every
+# 8 h, 0.01 % plus 1 % of the price change over the 8 h before, within ±0.75 %, at the last close.
+
+FUNDING_EVERY_MS = 8 * 3_600_000
+
+
+@dataclass
+class PublicLimits:
+    weight_limit: int = 2400
+    minute: int = -1           # wall-clock minute the count below belongs to
+    used: int = 0              # weight used this minute
+    total: int = 0             # weight used since start (for benchmarks)
+    fail_after: int = 0        # public requests that still succeed before the injected failures
+    fail_count: int = 0
+    fail_status: int = 429
+    retry_after_s: int = 1
+    corrupt_count: int = 0
+
+
+def _klines_weight(params: dict[str, str]) -> int:
+    """Binance's klines weight by ``limit``: [1,100) 1, [100,500) 2, [500,1000] 5, > 1000 10."""
+    try:
+        limit = int(params.get("limit", 500))
+    except ValueError:
+        return 1
+    return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
+
+
+class PublicHistory:
+    """SimExchange's public market history: weights, faults and funding rates (see above)."""
+
+    public_limits: PublicLimits
+
+    def _public(self, fn: Any, weight_of: Any) -> Any:
+        def handler(params: dict[str, str]) -> Any:
+            lim = self.public_limits
+            self._count_weight(weight_of(params))
+            if lim.fail_count > 0:
+                if lim.fail_after > 0:
+                    lim.fail_after -= 1
+                else:
+                    lim.fail_count -= 1
+                    raise _RateLimited(lim.fail_status, "Too many requests; current limit is 2400 requests per "
+                                       "minute." if lim.fail_status == 429 else "Way too many requests; IP banned.",
+                                       lim.retry_after_s)
+            if lim.used > lim.weight_limit:
+                raise _RateLimited(429, "Too many requests; current limit of IP is 2400 requests per minute.",
+                                   max(1, 60 - int(time.time()) % 60))
+            result = fn(params)
+            if lim.corrupt_count > 0 and fn == self._klines and len(result) > 1:
+                lim.corrupt_count -= 1
+                result[1] = [*result[1][:2], "-1", *result[1][3:]]  # a high that cannot be
+            return result
+
+        return handler
+
+    def _count_weight(self, weight: int) -> None:
+        lim = self.public_limits
+        minute = int(time.time()) // 60
+        if minute != lim.minute:
+            lim.minute, lim.used = minute, 0
+        lim.used += weight
+        lim.total += weight
+
+    async def _weight_header(self, request: web.Request, response: web.StreamResponse) -> None:
+        if request.path.startswith(("/fapi/", "/api/")):
+            if request.path not in ("/fapi/v1/klines", "/fapi/v1/fundingRate"):
+                self._count_weight(1)
+            response.headers["X-MBX-USED-WEIGHT-1M"] = str(self.public_limits.used)
+
+    def _funding_rate(self, params: dict[str, str]) -> list[dict[str, Any]]:
+        self._check_symbol(params)
+        limit = _int_param(params, "limit", 100)
+        if not 1 <= limit <= 1000:
+            raise ApiError(400, -1130, "Data sent for parameter 'limit' is not valid.")
+        start, end = _int_param(params, "startTime"), _int_param(params, "endTime")
+        m = self.market
+        first = -(-m.times[0] // FUNDING_EVERY_MS) * FUNDING_EVERY_MS
+        last = min(m.clock_ms, end if end is not None else m.clock_ms) // FUNDING_EVERY_MS * FUNDING_EVERY_MS
+        lo = first if start is None else max(first, -(-start // FUNDING_EVERY_MS) * FUNDING_EVERY_MS)
+        times = list(range(lo, last + 1, FUNDING_EVERY_MS))
+        times = times[:limit] if start is not None else times[-limit:]
+        return [self._funding_record(t) for t in times]
+
+    def _funding_record(self, t: int) -> dict[str, Any]:
+        m = self.market
+        now = m.candles[max(bisect.bisect_right(m.times, t - 1) - 1, 0)].close
+        before = m.candles[max(bisect.bisect_right(m.times, t - FUNDING_EVERY_MS - 1) - 1, 0)].close
+        rate = max(-0.0075, min(0.0075, 0.0001 + 0.01 * (now - before) / before))
+        return {"symbol": self.symbol, "fundingTime": t, "fundingRate": f"{rate:.8f}", "markPrice": f"{now:.8f}"}
+
+    def _sim_post_public_rate_limit(self, body: dict) -> dict:
+        status = int(body.get("status", 429))
+        if status not in (429, 418):
+            raise ValueError("status must be 429 or 418")
+        lim = self.public_limits
+        lim.fail_count, lim.fail_status = _count(body), status
+        lim.retry_after_s, lim.fail_after = int(body.get("retry_after", 1)), int(body.get("after", 0))
+        return {"count": lim.fail_count, "after": lim.fail_after, "status": status, "retry_after": lim.retry_after_s}
+
+    def _sim_post_weight_limit(self, body: dict) -> dict:
+        self.public_limits.weight_limit = int(body["limit"])
+        return {"limit": self.public_limits.weight_limit}
+
+    def _sim_post_corrupt_klines(self, body: dict) -> dict:
+        self.public_limits.corrupt_count = _count(body)
+        return {"count": self.public_limits.corrupt_count}
+
+    def _sim_get_weight(self, body: dict) -> dict:
+        lim = self.public_limits
+        return {"used_this_minute": lim.used, "total": lim.total, "limit": lim.weight_limit}
+
+
+class SimExchange(PublicHistory):
     """The simulated exchange. ``port = await sim.start()`` binds it; ``await sim.stop()`` ends it.
 
     ``candles_or_path``: a kline file (``history.read_candles``) or a list of ``Candle``.
@@ -317,6 +437,7 @@ class SimExchange:
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Future] = []
+        self.public_limits = PublicLimits()  # public market history: request weight and its faults
         self.app = self._make_app()
 
     def __repr__(self) -> str:
@@ -368,7 +489,9 @@ class SimExchange:
             ("GET", "/fapi/v1/ping"): lambda p: {}, ("GET", "/api/v3/ping"): lambda p: {},
             ("GET", "/fapi/v1/time"): self._time, ("GET", "/api/v3/time"): self._time,
             ("GET", "/fapi/v1/exchangeInfo"): lambda p: exchange_info(self.symbol, self.server_time_ms()),
-            ("GET", "/fapi/v1/klines"): self._klines, ("GET", "/fapi/v1/ticker/price"): self._ticker_price,
+            ("GET", "/fapi/v1/klines"): self._public(self._klines, _klines_weight),
+            ("GET", "/fapi/v1/ticker/price"): self._ticker_price,
+            ("GET", "/fapi/v1/fundingRate"): self._public(self._funding_rate, lambda p: 1),
         }
         signed = {
             ("POST", "/fapi/v1/order"): self._new_order, ("GET", "/fapi/v1/order"): self._get_order,
@@ -397,6 +520,7 @@ class SimExchange:
         for path in ("/private/ws", "/private/ws/{key}", "/private/stream"):
             app.router.add_get(path, self.users.handle)
         app.router.add_route("*", "/_sim/{name}", self._control)
+        app.on_response_prepare.append(self._weight_header)
         return app
 
     async def _serve_rest(self, request: web.Request, handler: Any) -> web.StreamResponse:

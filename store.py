@@ -135,7 +135,65 @@ SCHEMA_V2 = (
     "CREATE INDEX reconciliations_by_time ON reconciliations(time_ms)",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (SCHEMA_V1, SCHEMA_V2)  # index i upgrades user_version i -> i+1
+# ---- v3, the strategy lab: results of ``bollmin.py sweep --db`` ----------------------------------
+# A sweep DB is a file of its own (never DB_PATH); it may also hold one ``backtest --db`` run.
+# sweep_runs: one row per sweep (the file, the grid, the walk-forward cut, the verdict sentences).
+# sweep_results: one row per parameter set, best first (``rank`` by ``sweep_runs.rank_by``, on the
+#   in-sample part with walk-forward): its settings, the whole-file figures (equal to what
+#   ``backtest --json`` prints for the same settings), in-sample (is_*) and out-of-sample (oos_*)
+#   figures (NULL without walk-forward), and the whole JSON line.
+# sweep_equity: the equity curves of the best sets (``--top``): mark-to-market equity (net PnL +
+#   unrealised, USDT) at the last tick of each UTC day, over the whole file ('all') and over the
+#   out-of-sample test alone ('oos', starting from 0 at the cut).
+_SWEEP_FIGURES = ("trades", "net_pnl_usdt", "fees_usdt", "funding_usdt", "win_rate", "max_drawdown_usdt",
+                  "profit_factor", "sharpe_daily", "exposure")
+SCHEMA_SWEEP = (
+    """CREATE TABLE sweep_runs (
+        id INTEGER PRIMARY KEY,
+        created_ms INTEGER NOT NULL,         -- wall clock
+        source_file TEXT NOT NULL,           -- the kline file swept
+        symbol TEXT NOT NULL,
+        first_open_time_ms INTEGER NOT NULL, -- the file's first and last candle
+        last_open_time_ms INTEGER NOT NULL,
+        file_interval_ms INTEGER NOT NULL,
+        sets INTEGER NOT NULL,               -- parameter sets evaluated
+        jobs INTEGER NOT NULL,
+        elapsed_s REAL NOT NULL,
+        rank_by TEXT NOT NULL,               -- the figure sets were ranked on
+        train_fraction REAL,                 -- NULL: no walk-forward
+        split_time_ms INTEGER,               -- open time of the first out-of-sample candle
+        trade_amount_usdt REAL NOT NULL,
+        fee_rate REAL NOT NULL,
+        funding_file TEXT NOT NULL DEFAULT '',
+        grid_json TEXT NOT NULL,             -- the swept values per axis
+        verdict TEXT NOT NULL                -- plain sentences (Chinese / English), one per line
+    )""",
+    """CREATE TABLE sweep_results (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL REFERENCES sweep_runs(id) ON DELETE CASCADE,
+        rank INTEGER NOT NULL,               -- 1 = best
+        interval TEXT NOT NULL,
+        boll_period INTEGER NOT NULL,
+        boll_k REAL NOT NULL,
+        evaluate_on TEXT NOT NULL,           -- tick | close
+        breakout_buffer_pct REAL NOT NULL,
+        stop_cooldown_candles INTEGER NOT NULL,
+        slippage_pct REAL NOT NULL,
+        """ + ",\n        ".join(f"{p}{f} {'INTEGER' if f == 'trades' else 'REAL'}"
+                                  for p in ("", "is_", "oos_") for f in _SWEEP_FIGURES) + """,
+        summary_json TEXT NOT NULL,          -- the set's whole sweep --json line
+        UNIQUE (run_id, rank)
+    )""",
+    """CREATE TABLE sweep_equity (
+        result_id INTEGER NOT NULL REFERENCES sweep_results(id) ON DELETE CASCADE,
+        part TEXT NOT NULL CHECK (part IN ('all', 'oos')),
+        time_ms INTEGER NOT NULL,            -- the last tick of a UTC day
+        equity_usdt REAL NOT NULL,           -- net PnL + unrealised PnL then
+        PRIMARY KEY (result_id, part, time_ms)
+    ) WITHOUT ROWID""",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_SWEEP)  # index i: version i -> i+1
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -809,3 +867,103 @@ class Writer:
                 self._on_error(message)
             except Exception:  # reporting must never take the writer down
                 log.exception("error callback failed")
+
+
+# ---- strategy lab (sweep --db): writes and typed reads -----------------------------------------
+
+def check_sweep_db(path: str) -> None:
+    """Refuse the bot's own DB (its ``db_role`` is 'bot') before a sweep does any work."""
+    if not os.path.exists(path):
+        return
+    conn = connect(path)
+    try:
+        role = conn.execute("SELECT value FROM status WHERE key = 'db_role'").fetchone()
+    finally:
+        conn.close()
+    if role is not None and role[0] not in ("backtest", "sweep"):
+        raise StoreError(f"{path} holds the trading bot's data; give --db a separate file for sweeps")
+
+
+def write_sweep(path: str, meta: dict[str, Any], ranked: list[dict[str, Any]], top: int) -> int:
+    """Store one sweep (run, every set, the equity curves of the ``top`` best); returns the run id."""
+    import json
+
+    check_sweep_db(path)
+    store = Store(path)
+    conn = store.conn
+    try:
+        with store.transaction():
+            if conn.execute("SELECT 1 FROM status WHERE key = 'db_role'").fetchone() is None:
+                store.set_status({"db_role": "sweep"})
+            run_id = int(conn.execute(
+                "INSERT INTO sweep_runs(created_ms, source_file, symbol, first_open_time_ms, last_open_time_ms,"
+                " file_interval_ms, sets, jobs, elapsed_s, rank_by, train_fraction, split_time_ms,"
+                " trade_amount_usdt, fee_rate, funding_file, grid_json, verdict)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (now_ms(), meta["source_file"], meta["symbol"], meta["first_open_time_ms"],
+                 meta["last_open_time_ms"], meta["file_interval_ms"], meta["sets"], meta["jobs"], meta["elapsed_s"],
+                 meta["rank_by"], meta["train_fraction"], meta["split_time_ms"], meta["trade_amount_usdt"],
+                 meta["fee_rate"], meta["funding_file"], json.dumps(meta["axes"]), "\n".join(meta["verdicts"])),
+            ).lastrowid)
+            cols = ["run_id", "rank", "interval", "boll_period", "boll_k", "evaluate_on", "breakout_buffer_pct",
+                    "stop_cooldown_candles", "slippage_pct"]
+            cols += [f"{p}{f}" for p in ("", "is_", "oos_") for f in _SWEEP_FIGURES] + ["summary_json"]
+            sql = f"INSERT INTO sweep_results({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+            for r in ranked:
+                s = r["summary"]
+                row = [run_id, r["rank"], s["interval"], s["boll_period"], s["boll_k"], s["evaluate_on"],
+                       s["breakout_buffer_pct"], s["stop_cooldown_candles"], s["slippage_pct"]]
+                for part in ("summary", "in_sample", "out_of_sample"):
+                    figures = r.get(part) or {}
+                    row += [figures.get(f) for f in _SWEEP_FIGURES]
+                row.append(json.dumps(r["record"]))
+                result_id = int(conn.execute(sql, row).lastrowid)
+                if r["rank"] <= top:
+                    curves = [("all", meta["day_end_ms"], r["daily_equity"])]
+                    if "oos_daily_equity" in r:
+                        curves.append(("oos", meta["oos_day_end_ms"], r["oos_daily_equity"]))
+                    for part, times, values in curves:
+                        conn.executemany(
+                            "INSERT INTO sweep_equity(result_id, part, time_ms, equity_usdt) VALUES (?,?,?,?)",
+                            [(result_id, part, int(t), float(v)) for t, v in zip(times, values, strict=True)])
+        return run_id
+    finally:
+        store.close()
+
+
+def read_sweep_runs(conn: sqlite3.Connection, limit: int = 50) -> list[dict[str, Any]]:
+    """Stored sweeps, newest first."""
+    return [dict(r) for r in conn.execute("SELECT * FROM sweep_runs ORDER BY id DESC LIMIT ?", (limit,))]
+
+
+def read_sweep_results(conn: sqlite3.Connection, run_id: int, limit: int | None = None) -> list[dict[str, Any]]:
+    """The parameter sets of one sweep, best first (without ``summary_json``; see ``read_sweep_record``)."""
+    sql = "SELECT * FROM sweep_results WHERE run_id = ? ORDER BY rank"
+    args: list[Any] = [run_id]
+    if limit is not None:
+        sql += " LIMIT ?"
+        args.append(limit)
+    rows = [dict(r) for r in conn.execute(sql, args)]
+    for row in rows:
+        row.pop("summary_json", None)
+    return rows
+
+
+def read_sweep_record(conn: sqlite3.Connection, result_id: int) -> dict[str, Any] | None:
+    """One set's whole ``sweep --json`` line (every figure, in- and out-of-sample included)."""
+    import json
+
+    row = conn.execute("SELECT summary_json FROM sweep_results WHERE id = ?", (result_id,)).fetchone()
+    return None if row is None else json.loads(row[0])
+
+
+def read_sweep_equity(conn: sqlite3.Connection, run_id: int, part: str = "all") -> dict[int, list[tuple[int, float]]]:
+    """Equity curves of the best sets of a sweep: {result id: [(time_ms, equity_usdt), ...]} (part 'all' or 'oos')."""
+    curves: dict[int, list[tuple[int, float]]] = {}
+    for r in conn.execute(
+        "SELECT e.result_id, e.time_ms, e.equity_usdt FROM sweep_equity e JOIN sweep_results s ON s.id = e.result_id"
+        " WHERE s.run_id = ? AND e.part = ? ORDER BY s.rank, e.time_ms",
+        (run_id, part),
+    ):
+        curves.setdefault(int(r[0]), []).append((int(r[1]), float(r[2])))
+    return curves

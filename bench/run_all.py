@@ -28,6 +28,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "core": ("bench/bench_core.py", "Core engine"),
     "run": ("bench/bench_run.py", "The running bot"),
     "dashboard": ("bench/bench_dashboard.py", "Dashboard"),
+    "lab": ("bench/bench_lab.py", "Strategy lab"),
 }
 
 HEADER = """# Benchmarks
