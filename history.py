@@ -356,24 +356,6 @@ def check_contiguous(candles: list[Candle], step_ms: int, label: str = "data") -
             )
 
 
-def aggregate(candles: list[Candle], target_ms: int) -> list[Candle]:
-    """Aggregate fine candles into ``target_ms`` buckets (bucket = open_time // target_ms)."""
-    out: list[Candle] = []
-    bucket = None
-    o = h = lo = c = v = 0.0
-    for k in candles:
-        b = k.open_time_ms // target_ms
-        if b != bucket:
-            if bucket is not None:
-                out.append(Candle(bucket * target_ms, o, h, lo, c, v))
-            bucket, o, h, lo, c, v = b, k.open, k.high, k.low, k.close, k.volume
-        else:
-            h, lo, c, v = max(h, k.high), min(lo, k.low), k.close, v + k.volume
-    if bucket is not None:
-        out.append(Candle(bucket * target_ms, o, h, lo, c, v))
-    return out
-
-
 def validate_frame(rows: list[Candle], step_ms: int) -> None:
     """Validate history loaded over REST or from the DB with pandas.
 

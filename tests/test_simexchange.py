@@ -26,7 +26,7 @@ import websockets
 from binance import AsyncClient
 from binance.exceptions import BinanceAPIException
 
-from history import Candle, aggregate, path_ticks, read_candles
+from history import Candle, path_ticks, read_candles
 from simexchange import SimExchange, SimExchangeThread, exchange_info, sign, split_signature, verify_signature
 from simmarket import Market, StreamClient, StreamHub
 
@@ -47,6 +47,24 @@ AGG_TRADE_SAMPLE = {"e": "aggTrade", "E": 123456789, "s": "BTCUSDT", "a": 593301
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+def aggregate(candles: list[Candle], target_ms: int) -> list[Candle]:
+    """The reference: fine candles aggregated into ``target_ms`` buckets (bucket = open_time // target_ms)."""
+    out: list[Candle] = []
+    bucket = None
+    o = h = lo = c = v = 0.0
+    for k in candles:
+        b = k.open_time_ms // target_ms
+        if b != bucket:
+            if bucket is not None:
+                out.append(Candle(bucket * target_ms, o, h, lo, c, v))
+            bucket, o, h, lo, c, v = b, k.open, k.high, k.low, k.close, k.volume
+        else:
+            h, lo, c, v = max(h, k.high), min(lo, k.low), k.close, v + k.volume
+    if bucket is not None:
+        out.append(Candle(bucket * target_ms, o, h, lo, c, v))
+    return out
+
 
 
 @pytest.fixture
