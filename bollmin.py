@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check-config", parents=[common], help="validate and print the effective settings",
                        description="Validate the settings and print them with secrets masked.")
     c.add_argument("--json", action="store_true", help="as one JSON object")
+    c.add_argument("--exchange", action="store_true",
+                   help="also ask the exchange (REST_BASE_URL) whether SYMBOL is listed: exit 2 when it is not, "
+                        "a warning when the exchange cannot be reached")
     return p
 
 
@@ -163,6 +166,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config)
     values = masked(cfg)
+    if args.exchange:
+        warning = _check_symbol_listed(cfg)
+        if warning:
+            sys.stderr.write(f"bollmin: warning: {one_line(warning)}\n")
     if args.json:
         print(json.dumps(values | {"mode": cfg.mode, "source": cfg.source}))
         return EXIT_OK
@@ -171,6 +178,31 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         mark = "" if values[s.name] == s.default else "   # changed"
         print(f"{s.name} = {values[s.name]!r}{mark}")
     return EXIT_OK
+
+
+def _check_symbol_listed(cfg) -> str | None:
+    """None when the exchange lists SYMBOL; a warning when it cannot be asked; StoreError-like
+    one-line failure (ConfigError) when it does not list it."""
+    import asyncio
+
+    from config import ConfigError
+    from exchange import AccountSetupError, Exchange, classify
+
+    async def ask() -> str | None:
+        ex = Exchange(cfg)
+        try:
+            await ex.load_rules()
+            return None
+        except AccountSetupError:
+            raise ConfigError(f"SYMBOL = {cfg.SYMBOL!r}: the exchange at {cfg.REST_BASE_URL} does not list it; "
+                              f"check the contract name (e.g. 'ETHUSDT')") from None
+        except Exception as exc:
+            return f"could not reach the exchange at {cfg.REST_BASE_URL} ({classify(exc)}): SYMBOL {cfg.SYMBOL} " \
+                   f"not confirmed"
+        finally:
+            await ex.close()
+
+    return asyncio.run(ask())
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:

@@ -302,3 +302,26 @@ def test_every_environment_variable_the_program_reads_is_declared():
     assert read <= set(ENVIRONMENT), f"read but not declared: {sorted(read - set(ENVIRONMENT))}"
     with pytest.raises(KeyError):
         env("BOLLMIN_SOMETHING_NEW")
+
+
+def test_check_config_asks_the_exchange_whether_the_symbol_is_listed(tmp_path, bollmin_cli):
+    """auto_deploy.sh add SYMBOL validates an instance with this before starting it."""
+    from harness import DATA_1M
+
+    from simexchange import SimExchangeThread
+
+    with SimExchangeThread(DATA_1M, paused=True, target_interval="1m") as sim:
+        good = tmp_path / "good.py"
+        good.write_text(f"REST_BASE_URL = {sim.base_url!r}\nSYMBOL = 'BTCUSDT'\n")
+        out = bollmin_cli("check-config", "--exchange", "--config", str(good))
+        assert out.returncode == 0 and out.stderr == "", out.stderr
+        bad = tmp_path / "bad.py"
+        bad.write_text(f"REST_BASE_URL = {sim.base_url!r}\nSYMBOL = 'NOPEUSDT'\n")
+        out = bollmin_cli("check-config", "--exchange", "--config", str(bad))
+        assert out.returncode == 2
+        assert out.stderr.count("\n") == 1 and "NOPEUSDT" in out.stderr and "does not list it" in out.stderr
+    gone = tmp_path / "gone.py"
+    gone.write_text(f"REST_BASE_URL = {sim.base_url!r}\nSYMBOL = 'ETHUSDT'\nREST_TIMEOUT_SECONDS = 2.0\n")
+    out = bollmin_cli("check-config", "--exchange", "--config", str(gone))  # the exchange is down now
+    assert out.returncode == 0 and "warning" in out.stderr and "not confirmed" in out.stderr
+    assert out.stderr.count("\n") == 1
