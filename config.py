@@ -8,8 +8,9 @@ A settings file is a Python file that assigns any subset of the UPPERCASE names 
 Give it with ``--config PATH`` or ``BOLLMIN_CONFIG=PATH``. ``python config.py`` prints a
 commented file with every setting at its default (the deployment installs it as
 ``/etc/bollmin/config.py``). Secrets may come from the environment instead
-(``BINANCE_API_KEY``, ``BINANCE_API_SECRET``, ``BOLLMIN_DASHBOARD_PASSWORD``); the
-environment wins. Relative paths (DB_PATH, LOG_FILE) are relative to the working directory.
+(``BINANCE_API_KEY``, ``BINANCE_API_SECRET``, ``BOLLMIN_DASHBOARD_PASSWORD``,
+``BOLLMIN_NOTIFY_URLS``); the environment wins. Relative paths (DB_PATH, LOG_FILE) are
+relative to the working directory.
 
 Every problem stops the program with a one-line ``ConfigError`` naming the setting; the CLI
 turns it into exit code 2.
@@ -35,12 +36,14 @@ PRODUCTION_WS = "wss://fstream.binance.com"
 TESTNET_REST = "https://demo-fapi.binance.com"
 TESTNET_WS = "wss://fstream.binancefuture.com"
 
-SECRET_NAMES = ("API_KEY", "API_SECRET", "DASHBOARD_PASSWORD")
+SECRET_NAMES = ("API_KEY", "API_SECRET", "DASHBOARD_PASSWORD", "NOTIFY_URLS")
 ENV_SECRETS = {
     "API_KEY": "BINANCE_API_KEY",
     "API_SECRET": "BINANCE_API_SECRET",
     "DASHBOARD_PASSWORD": "BOLLMIN_DASHBOARD_PASSWORD",
+    "NOTIFY_URLS": "BOLLMIN_NOTIFY_URLS",
 }
+MIN_DASHBOARD_PASSWORD = 10  # characters, beyond loopback
 
 
 class ConfigError(ValueError):
@@ -100,6 +103,19 @@ def _choice(*options: str) -> Callable[[str], str | None]:
     return lambda v: None if v in options else f"must be one of {', '.join(repr(o) for o in options)}"
 
 
+def _notify_urls(v: tuple[str, ...]) -> str | None:
+    # Checked by Apprise itself (imported only when there is something to check), never echoed.
+    if not v:
+        return None
+    import notify
+
+    for i, url in enumerate(v, 1):
+        problem = notify.url_problem(url)
+        if problem:
+            return f"item {i} ({mask_url(url)}): {problem}"
+    return None
+
+
 SETTINGS: tuple[Setting, ...] = (
     # --- market and strategy -------------------------------------------------------------
     Setting("SYMBOL", "BTCUSDT", "USD-M perpetual contract to trade", _symbol),
@@ -141,7 +157,18 @@ SETTINGS: tuple[Setting, ...] = (
     # --- dashboard ---------------------------------------------------------------------------
     Setting("DASHBOARD_HOST", "127.0.0.1", "address the dashboard listens on", _host),
     Setting("DASHBOARD_PORT", 8080, "port of the dashboard", _between(1, 65535)),
-    Setting("DASHBOARD_PASSWORD", "", "dashboard password; required when the host is not loopback", None),
+    Setting("DASHBOARD_PASSWORD", "",
+            f"dashboard password; beyond loopback required, at least {MIN_DASHBOARD_PASSWORD} characters", None),
+    # --- notifications (sent by the bot; off while NOTIFY_URLS is empty) ----------------------------
+    Setting(
+        "NOTIFY_URLS", (),
+        "where to send notifications, Apprise URLs (e.g. 'tgram://BOT_TOKEN/CHAT_ID', 'dingtalk://TOKEN', "
+        "'wecombot://KEY', 'feishu://TOKEN', 'schan://SENDKEY', 'mailtos://...', 'json://host/path'); "
+        "a list, or one text with the URLs separated by spaces (or env BOLLMIN_NOTIFY_URLS). They carry "
+        "tokens: shown masked everywhere",
+        _notify_urls,
+    ),
+    Setting("NOTIFY_PAPER", False, "also notify paper (simulated) fills; live fills are always sent", None),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -180,6 +207,8 @@ class Config:
     DASHBOARD_HOST: str
     DASHBOARD_PORT: int
     DASHBOARD_PASSWORD: str
+    NOTIFY_URLS: tuple[str, ...]
+    NOTIFY_PAPER: bool
     source: str = "defaults"  # where the settings came from (a path or "defaults")
 
     @property
@@ -215,6 +244,12 @@ def _typed(name: str, value: Any) -> Any:
         if value != value or value in (float("inf"), float("-inf")):
             raise ConfigError(f"{name} = {shown}: must be a finite number")
         return value
+    if kind is tuple:
+        # A list (or tuple) of texts, or one text whose items are separated by white space.
+        items = value.split() if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(f"{name} = {shown}: must be a list of texts in quotes, e.g. ['a://x', 'b://y']")
+        return tuple(i.strip() for i in items if i.strip())
     if not isinstance(value, str):
         raise ConfigError(f"{name} = {shown}: must be a text string in quotes (default {default!r})")
     return value
@@ -222,6 +257,19 @@ def _typed(name: str, value: Any) -> Any:
 
 def _shown(name: str, value: Any) -> str:
     return "'***'" if name in SECRET_NAMES else repr(value)
+
+
+def dashboard_password_problem(host: str, password: str) -> str | None:
+    """Why ``password`` is not good enough for a dashboard on ``host`` (None: it is)."""
+    if is_loopback(host):
+        return None
+    if not password:
+        return (f"DASHBOARD_PASSWORD is empty but DASHBOARD_HOST = {host!r} is reachable from other machines: "
+                f"set a password (or env BOLLMIN_DASHBOARD_PASSWORD) or use '127.0.0.1'")
+    if len(password.strip()) < MIN_DASHBOARD_PASSWORD:
+        return (f"DASHBOARD_PASSWORD is too weak for DASHBOARD_HOST = {host!r}: use at least "
+                f"{MIN_DASHBOARD_PASSWORD} characters that are not all spaces (or keep DASHBOARD_HOST = '127.0.0.1')")
+    return None
 
 
 def is_loopback(host: str) -> bool:
@@ -261,11 +309,9 @@ def _build(values: dict[str, Any], source: str) -> Config:
                     f"{name} is empty but PAPER_TRADING = False: set it (or env {ENV_SECRETS[name]}) "
                     f"or keep PAPER_TRADING = True"
                 )
-    if not is_loopback(checked["DASHBOARD_HOST"]) and not checked["DASHBOARD_PASSWORD"]:
-        raise ConfigError(
-            f"DASHBOARD_PASSWORD is empty but DASHBOARD_HOST = {checked['DASHBOARD_HOST']!r} is reachable "
-            f"from other machines: set a password (or env BOLLMIN_DASHBOARD_PASSWORD) or use '127.0.0.1'"
-        )
+    problem = dashboard_password_problem(checked["DASHBOARD_HOST"], checked["DASHBOARD_PASSWORD"])
+    if problem:
+        raise ConfigError(problem)
     return Config(**checked, source=source)
 
 
@@ -310,14 +356,22 @@ def load_config(path: str | None = None, env: dict[str, str] | None = None) -> C
 
 
 def masked(cfg: Config) -> dict[str, Any]:
-    """Every setting by name, secrets shown only as set/unset."""
+    """Every setting by name, secrets shown only as set/unset (notification URLs as ``scheme://***``)."""
     out: dict[str, Any] = {}
     for s in SETTINGS:
         value = getattr(cfg, s.name)
-        if s.name in SECRET_NAMES:
+        if s.name == "NOTIFY_URLS":
+            value = tuple(mask_url(u) for u in value)
+        elif s.name in SECRET_NAMES:
             value = "***" if value else ""
         out[s.name] = value
     return out
+
+
+def mask_url(url: str) -> str:
+    """``scheme://***``: which service, never the token (it may sit anywhere in the URL)."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    return f"{scheme}://***" if re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]{0,31}", scheme) else "***"
 
 
 def help_text() -> str:
@@ -330,7 +384,8 @@ def render_default_file() -> str:
     lines = [
         "# bollmin settings. Every name is optional: delete a line to use the built-in default.",
         "# Secrets are better kept in the environment (BINANCE_API_KEY, BINANCE_API_SECRET,",
-        "# BOLLMIN_DASHBOARD_PASSWORD); under systemd they live in /etc/bollmin/bollmin.env.",
+        "# BOLLMIN_NOTIFY_URLS in /etc/bollmin/bollmin.env, read by the bot only; BOLLMIN_DASHBOARD_PASSWORD",
+        "# in /etc/bollmin/dashboard.env) than here: this file is readable by the dashboard too.",
         "",
     ]
     for s in SETTINGS:
