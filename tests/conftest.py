@@ -191,3 +191,75 @@ def candles_15m_2023():
     """The bundled real BTCUSDT 15m candles of 2023 (35,040 ``history.Candle``; a tuple)."""
     return _real_candles(MARKET_15M)
 
+
+
+# ---- strategy-lab results for the dashboard (tests/test_dashboard_data.py, test_dashboard_browser.py) ----
+# The tables ``bollmin.py sweep --db`` writes, as the dashboard's read helpers (store.read_sweep_*)
+# expect them; the figures come from the real backtest engine on real candles.
+
+SWEEP_SCHEMA = (
+    """CREATE TABLE sweep_runs (id INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL, klines_file TEXT, symbol TEXT,
+        candles INTEGER, first_open_ms INTEGER, last_open_ms INTEGER, train_fraction REAL, settings_json TEXT)""",
+    """CREATE TABLE sweep_results (id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL REFERENCES sweep_runs(id),
+        interval TEXT NOT NULL, boll_period INTEGER NOT NULL, boll_k REAL NOT NULL, trades INTEGER NOT NULL,
+        net_pnl_usdt REAL NOT NULL, fees_usdt REAL NOT NULL, win_rate REAL NOT NULL, max_drawdown_usdt REAL NOT NULL,
+        is_net_pnl_usdt REAL, oos_net_pnl_usdt REAL, oos_trades INTEGER, oos_max_drawdown_usdt REAL)""",
+    """CREATE TABLE sweep_equity (result_id INTEGER NOT NULL REFERENCES sweep_results(id), time_ms INTEGER NOT NULL,
+        equity_usdt REAL NOT NULL)""",
+)
+
+
+def add_sweep(path: str, *, n_candles: int = 600, periods=(10, 20, 30), ks=(1.5, 2.0, 2.5, 3.0),
+              interval: str = "15m", train_fraction: float | None = 0.7, equity: bool = True) -> dict:
+    """Run every (period, k) through ``backtest.run`` on real 15m candles and store a sweep in ``path``
+    (created if needed, tables added if missing). Returns {"run_id", "results": [(id, period, k, net)]}."""
+    import json
+    import sqlite3
+
+    import backtest
+    import config
+    import history
+    from broker import Ledger
+
+    candles = history.read_candles(MARKET_15M)[:n_candles]
+    conn = sqlite3.connect(path)
+    for statement in SWEEP_SCHEMA:
+        conn.execute(statement.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS"))
+    run_id = conn.execute(
+        "INSERT INTO sweep_runs(created_ms, klines_file, symbol, candles, first_open_ms, last_open_ms, train_fraction,"
+        " settings_json) VALUES (?,?,?,?,?,?,?,?)",
+        (1_700_000_000_000, "btcusdt_um_15m_2023.csv.gz", "BTCUSDT", len(candles), candles[0].open_time_ms,
+         candles[-1].open_time_ms, train_fraction, json.dumps({"TRADE_AMOUNT_USDT": 200.0})),
+    ).lastrowid
+    split = int(len(candles) * train_fraction) if train_fraction else None
+    out = []
+    for period in periods:
+        for k in ks:
+            cfg = config.load_config(env={}).replace(BOLL_PERIOD=period, BOLL_K=k, INTERVAL=interval,
+                                                     HISTORY_KLINES=max(50, period))
+            result = backtest.run(backtest.plan(candles, interval), cfg)
+            s = result.summary
+            halves = [None, None, None, None]
+            if split:
+                first = backtest.run(backtest.plan(candles[:split], interval), cfg).summary
+                second = backtest.run(backtest.plan(candles[split:], interval), cfg).summary
+                halves = [first["net_pnl_usdt"], second["net_pnl_usdt"], second["trades"], second["max_drawdown_usdt"]]
+            rid = conn.execute(
+                "INSERT INTO sweep_results(run_id, interval, boll_period, boll_k, trades, net_pnl_usdt, fees_usdt,"
+                " win_rate, max_drawdown_usdt, is_net_pnl_usdt, oos_net_pnl_usdt, oos_trades, oos_max_drawdown_usdt)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (run_id, interval, period, k, s["trades"], s["net_pnl_usdt"], s["fees_usdt"], s["win_rate"],
+                 s["max_drawdown_usdt"], *halves),
+            ).lastrowid
+            if equity:
+                ledger = Ledger()
+                rows = []
+                for tr, fills in result.transitions:
+                    for f in fills:
+                        ledger.apply(f.action, f.price, f.qty, f.fee_usdt)
+                    rows.append((rid, tr.time_ms, ledger.realized_usdt - ledger.fees_usdt))
+                conn.executemany("INSERT INTO sweep_equity(result_id, time_ms, equity_usdt) VALUES (?,?,?)", rows)
+            out.append((rid, period, k, s["net_pnl_usdt"]))
+    conn.commit()
+    conn.close()
+    return {"run_id": run_id, "results": out}
