@@ -28,6 +28,8 @@ Messages are short, Chinese first, English on the next line.
 Secrets: the URLs carry tokens. Log lines name a target only as ``scheme://***`` (its number
 in the list), Apprise's own log records are kept out of the application's log, and the reason
 of a failure is logged with every part of the URL blanked out.
+
+Try the targets by hand: ``python notify.py --config PATH [TEXT]`` sends one message to each.
 """
 
 from __future__ import annotations
@@ -502,3 +504,47 @@ class Notifier:
         target.failed += 1
         log.error("notification %s to %s not delivered: %s", message.kind, target.name,
                   redact(reason, target.parts)[:200] or "stopped")
+
+
+# ---- trying the targets by hand --------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    """``python notify.py [--config PATH] [TEXT]``: send one test message to every NOTIFY_URLS
+    target now (one attempt each) and print how each went, the URL masked. Exit 0 when every
+    target accepted it, 1 when one did not, 2 for a bad configuration."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="notify.py", description=main.__doc__.split("\n\n")[0])
+    parser.add_argument("--config", metavar="PATH", help="settings file (default: $BOLLMIN_CONFIG or the defaults)")
+    parser.add_argument("text", nargs="?", default="测试通知 / test notification", help="the message to send")
+    args = parser.parse_args(argv)
+    try:
+        cfg = config.load_config(args.config)
+    except config.ConfigError as err:
+        print(f"bollmin notify: {err}", file=sys.stderr)
+        return 2
+    if not cfg.NOTIFY_URLS:
+        print("bollmin notify: NOTIFY_URLS is empty (set it in the config or env BOLLMIN_NOTIFY_URLS)",
+              file=sys.stderr)
+        return 2
+    apprise, handler = _apprise()
+    failed = 0
+    for target in (_Target(i, url) for i, url in enumerate(cfg.NOTIFY_URLS, 1)):
+        plugin = _instantiate(target.url)
+        handler.collect()
+        try:
+            ok = plugin is not None and bool(plugin.notify(body=args.text, title=f"[bollmin {cfg.SYMBOL}]",
+                                                           notify_type=apprise.NotifyType.INFO))
+            lines = handler.take()
+        except Exception as exc:
+            handler.take()
+            ok, lines = False, [f"{type(exc).__name__}: {exc}"]
+        failed += not ok
+        why = "" if ok else ": " + redact(lines[0] if lines else "the service answered with an error", target.parts)
+        print(f"{target.name}: {'sent' if ok else 'FAILED'}{why[:300]}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -329,3 +329,17 @@ def test_no_targets_means_nothing_happens():
     n.start()
     n.fill(action="open_long", reason="entry", qty=1, price=1, paper=False)
     assert n.stop(timeout=0.1)
+
+
+def test_trying_the_targets_by_hand(catchers, tmp_path, capsys):
+    good, bad = catchers(), catchers(fail=None)
+    path = tmp_path / "c.py"
+    path.write_text(f"NOTIFY_URLS = [{good.url!r}, {bad.url!r}]\n")
+    assert notify.main(["--config", str(path), "你好 hello"]) == 1
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "#1 json://***: sent" and out.splitlines()[1].startswith("#2 json://***: FAILED")
+    assert TOKEN not in out and good.delivered[0]["message"] == "你好 hello"
+    path.write_text(f"NOTIFY_URLS = [{good.url!r}]\n")
+    assert notify.main(["--config", str(path)]) == 0
+    path.write_text("")
+    assert notify.main(["--config", str(path)]) == 2
