@@ -13,6 +13,9 @@ plain function:
 * ``Sampler``: server CPU, memory, disk and the bot process's own figures (psutil, never blocking).
 * ``fmt``: how numbers, times and ages look (``static/common.js`` has the same formats), and
   ``texts(lang)``: every text of the page, from ``templates/i18n.json``.
+
+Why one module of this size: these are the page's figures, each a short pure function over what
+``store`` read; a change to what a card or banner shows is made here and nowhere else.
 """
 
 from __future__ import annotations

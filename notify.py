@@ -30,6 +30,9 @@ in the list), Apprise's own log records are kept out of the application's log, a
 of a failure is logged with every part of the URL blanked out.
 
 Try the targets by hand: ``python notify.py --config PATH [TEXT]`` sends one message to each.
+
+Why one module of this size: the message texts, the delivery and the taming of Apprise's
+logging are one concern (what leaves the machine, and how); none is used elsewhere.
 """
 
 from __future__ import annotations

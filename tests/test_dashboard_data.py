@@ -103,7 +103,7 @@ def test_stale_market_data_while_the_bot_runs(dashboard_db_factory):
     path, _ = dashboard_db_factory("s.db", status={"last_message_ms": now - 45_000, "connection": "reconnecting"})
     s = status_of(path)
     assert kinds(s) == ["stale"] and s["alerts"][0]["level"] == "bad"
-    assert "45s" in s["alerts"][0]["text"] and "重连中" in s["alerts"][0]["text"]
+    assert re.search(r"已 4\ds 未更新", s["alerts"][0]["text"]) and "重连中" in s["alerts"][0]["text"]
     # Within the stall limit (WS_STALL_SECONDS) there is nothing to say.
     path, _ = dashboard_db_factory("f.db", status={"last_message_ms": now - 20_000})
     assert kinds(status_of(path)) == []
@@ -114,7 +114,7 @@ def test_a_bot_that_stopped_writing_its_heartbeat(dashboard_db_factory):
                                    status={"last_message_ms": store.now_ms() - 400_000})
     s = status_of(path, "en")
     assert kinds(s) == ["dead"]  # not also "stale": the bot is not running at all
-    assert s["alerts"][0]["text"].startswith("The bot's heartbeat stopped 2m 5s ago")
+    assert re.match(r"The bot's heartbeat stopped 2m \d+s ago", s["alerts"][0]["text"]), s["alerts"]
 
 
 def test_a_losing_backtest_says_so(dashboard_db_factory):

@@ -315,7 +315,8 @@ def test_a_hanging_endpoint_never_blocks_the_caller_or_the_other_targets(catcher
         assert caller_s < 1.0, f"200 notifications took the caller {caller_s:.3f} s"
         got = healthy.wait(200, timeout=60)
         assert [b["message"].split()[1] for b in got[:3]] == ["0.001", "0.002", "0.003"]  # in order
-        assert len(hanging.requests) == 1 and not hanging.delivered  # still waiting for its first answer
+        # The hanging target got its first request (and maybe a retry after a read timeout), nothing through.
+        assert 1 <= len(hanging.requests) <= 1 + notify.RETRIES and not hanging.delivered
         t0 = time.monotonic()
         assert n.stop(timeout=1.0) is False  # the stuck targets still had messages
         assert time.monotonic() - t0 < 3.0
