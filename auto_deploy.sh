@@ -16,9 +16,9 @@
 # (created once, never overwritten), secrets /etc/bollmin/bollmin.env (the bot's: exchange keys,
 # notification URLs) and /etc/bollmin/dashboard.env (the dashboard password), root:bollmin 0640,
 # data /var/lib/bollmin, log file /var/log/bollmin (and journald), services bollmin.service
-# and bollmin-dashboard.service running as the system user bollmin (the dashboard with a group
-# of its own, bollmin-web, so it never sees the bot's keys). Running it again is an update:
-# config, secrets and data are kept. Details: docs/deploy.zh.md
+# and bollmin-dashboard.service running as the system user bollmin (the dashboard never gets the
+# bot's secrets file). Running it again is an update: config, secrets and data are kept.
+# Details: docs/deploy.zh.md
 set -euo pipefail
 
 readonly APP_USER=bollmin
@@ -28,7 +28,6 @@ readonly CONF_DIR=/etc/bollmin
 readonly CONF_FILE=$CONF_DIR/config.py
 readonly ENV_FILE=$CONF_DIR/bollmin.env
 readonly WEB_ENV_FILE=$CONF_DIR/dashboard.env
-readonly WEB_GROUP=bollmin-web
 readonly DATA_DIR=/var/lib/bollmin
 readonly LOG_DIR=/var/log/bollmin
 readonly UNIT_DIR=/etc/systemd/system
@@ -239,10 +238,6 @@ probe() {  # probe CODE_DIR [status]: fills CFG; on a bad config prints its one-
 ensure_user() {
   if ! getent group "$APP_USER" >/dev/null; then
     groupadd --system "$APP_USER"
-  fi
-  # The dashboard's primary group (the bot's processes are then another user's to it).
-  if ! getent group "$WEB_GROUP" >/dev/null; then
-    groupadd --system "$WEB_GROUP"
   fi
   if ! id -u "$APP_USER" >/dev/null 2>&1; then
     say "creating the system user $APP_USER (no login)"
@@ -559,7 +554,6 @@ require_installed() {
 
 cmd_restart() {
   require_installed
-  ensure_user
   ensure_dirs
   ensure_web_env_file
   probe "$CODE_DIR"
@@ -646,9 +640,6 @@ cmd_uninstall() {
     fi
     if getent group "$APP_USER" >/dev/null; then
       groupdel "$APP_USER"
-    fi
-    if getent group "$WEB_GROUP" >/dev/null; then
-      groupdel "$WEB_GROUP"
     fi
     say "purged $CONF_DIR, $DATA_DIR, $LOG_DIR and the user $APP_USER"
   else

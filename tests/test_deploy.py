@@ -120,12 +120,11 @@ def test_dashboard_unit_contract():
     assert s["ExecStart"] == [
         "/opt/bollmin/venv/bin/python /opt/bollmin/bollmin.py dashboard --config /etc/bollmin/config.py"]
     assert s["RestartPreventExitStatus"] == ["2"]
-    # No exchange keys: not in its environment, the bot's secrets file not even visible, and a group
-    # of its own so the bot's process (and its environment) is another user's to it.
+    # No exchange keys: not in its environment, the bot's secrets file not even visible, and the bot's
+    # process (with its environment) out of reach in another user namespace.
     assert s["EnvironmentFile"] == ["/etc/bollmin/dashboard.env"]
     assert s["InaccessiblePaths"] == ["-/etc/bollmin/bollmin.env"]
-    assert s["Group"] == ["bollmin-web"] and s["SupplementaryGroups"] == ["bollmin"]
-    assert "StateDirectory" not in s and s["ReadWritePaths"] == ["-/var/lib/bollmin"]
+    assert s["PrivateUsers"] == ["true"] and s["ProtectProc"] == ["invisible"]
     # It never slows trading: lower CPU and IO priority than the bot, bounded memory and tasks.
     assert s["Nice"] == ["10"] and s["CPUWeight"] == ["20"] and s["IOWeight"] == ["20"]
     assert s["MemoryMax"] and s["TasksMax"] == ["64"]
