@@ -126,7 +126,8 @@ def test_dashboard_unit_contract():
     assert s["InaccessiblePaths"] == ["-/etc/bollmin/bollmin.env"]
     assert s["PrivateUsers"] == ["true"] and s["ProtectProc"] == ["invisible"]
     # It never slows trading: lower CPU and IO priority than the bot, bounded memory and tasks.
-    assert s["Nice"] == ["10"] and s["CPUWeight"] == ["20"] and s["IOWeight"] == ["20"]
+    assert s["CPUSchedulingPolicy"] == ["idle"] and s["Nice"] == ["10"]
+    assert s["CPUWeight"] == ["20"] and s["IOWeight"] == ["20"]
     assert s["MemoryMax"] and s["TasksMax"] == ["64"]
     # psutil reads /proc/stat, /proc/meminfo for the server's CPU and memory: no ProcSubset=pid here.
     assert "ProcSubset" not in s

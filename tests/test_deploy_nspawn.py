@@ -9,8 +9,9 @@ as root the way the README says. Asserted, in order:
 2. First deploy (python3-venv missing as on a fresh server, so apt-get installs it): user
    bollmin (nologin, system), code, venv, config from the default with the server paths,
    secrets 0640 root:bollmin (the bot's and the dashboard's apart), units verified and scored by
-   systemd itself, both services active as bollmin with NoNewPrivs (the dashboard Type=notify at
-   nice 10), a fresh heartbeat, the dashboard URL. (The sdnotify check, 3., runs first.)
+   systemd itself, both services active as bollmin with NoNewPrivs (the dashboard Type=notify, in
+   the idle scheduling class at nice 10), a fresh heartbeat, the dashboard URL. (The sdnotify
+   check, 3., runs first.)
 3. sdnotify against the real systemd: READY accepted, WATCHDOG feeds keep a unit alive, a
    starved watchdog kills it.
 4. Edit config (point at simexchange inside the container) and secrets, re-deploy: both kept
@@ -268,8 +269,8 @@ def _lifecycle(box):
     assert all(float(v) <= 1.5 for v in scores.values()), scores
     web = show(box, "bollmin-dashboard", "Type", "NotifyAccess", "MainPID")
     assert web["Type"] == "notify" and web["NotifyAccess"] == "main", web
-    stat = box.run("cat", f"/proc/{web['MainPID']}/stat").stdout
-    assert int(stat.rsplit(")", 1)[1].split()[16]) == 10, "the dashboard does not run at nice 10"
+    stat = box.run("cat", f"/proc/{web['MainPID']}/stat").stdout.rsplit(")", 1)[1].split()
+    assert int(stat[16]) == 10 and int(stat[38]) == 5, "the dashboard does not run at nice 10 in SCHED_IDLE (5)"
     bot = show(box, "bollmin", "Type", "NotifyAccess", "WatchdogUSec", "Restart", "StatusText")
     assert bot["Type"] == "notify" and bot["NotifyAccess"] == "main" and bot["WatchdogUSec"] == "2min", bot
     assert bot["Restart"] == "on-failure" and bot["StatusText"], bot  # STATUS= from the bot arrived
