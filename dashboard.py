@@ -23,8 +23,8 @@ anything. JSON carries raw text; the HTML escapes everything (Jinja autoescape; 
 ever use ``textContent``).
 
 Never slowing trading: the unit runs it in the idle scheduling class (any task that wakes up,
-the bot's included, takes the core from it at once) and ``serve`` does the same when started by
-hand; the DB part of ``/api/status`` is cached for ``STATUS_CACHE_S``
+the bot's included, takes the core from it at once) at nice 10, and ``serve`` lowers itself to
+nice 10 when started by hand; the DB part of ``/api/status`` is cached for ``STATUS_CACHE_S``
 (one read per second however many tabs poll), the PnL series until an order changes, and the
 static files are read once, hashed and compressed at start.
 
@@ -119,7 +119,7 @@ GLOBAL_FREE_FAILURES = 20  # failed passwords from all addresses together before
 GLOBAL_LOCK_MAX_S = 900.0
 THREADS = 4  # waitress worker threads; connections themselves cost none
 IDLE_TIMEOUT_S = 60  # an idle keep-alive connection is closed after this
-MIN_NICE = 10  # where the idle scheduling class is refused, at least this nice
+MIN_NICE = 10  # started by hand, the page runs at least this nice
 
 
 def _digest(text: str) -> bytes:
@@ -692,18 +692,13 @@ def _config_rows(ctx: _Ctx) -> list[tuple[str, Any]]:
 # ---- serving -----------------------------------------------------------------------------------
 
 def _lower_priority() -> None:
-    """Yield the CPU to the bot: the idle scheduling class (any other task that wakes up takes the
-    core at once), or at least nice ``MIN_NICE``. The unit sets both; started by hand, we do."""
-    try:
-        if os.sched_getscheduler(0) != os.SCHED_IDLE:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (OSError, AttributeError) as exc:  # a sandbox may forbid it; the unit covers that case
-        log.debug("could not move the dashboard to the idle scheduling class: %s", exc)
+    """Yield the CPU to the bot: nice ``MIN_NICE`` at least. (The unit also puts the page in the idle
+    scheduling class; started by hand next to other busy programs, that class could starve it.)"""
     try:
         current = os.getpriority(os.PRIO_PROCESS, 0)
         if current < MIN_NICE:
             os.nice(MIN_NICE - current)
-    except OSError as exc:
+    except OSError as exc:  # a sandbox may forbid it; the unit's Nice= covers that case
         log.debug("could not lower the dashboard's priority: %s", exc)
 
 

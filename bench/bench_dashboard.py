@@ -195,6 +195,7 @@ def measure(tmp: str, requests: int) -> dict:
                     raise SystemExit("the dashboard did not start") from None
                 time.sleep(0.1)
         proc = psutil.Process(server.pid)
+        os.sched_setscheduler(server.pid, os.SCHED_IDLE, os.sched_param(0))  # as its unit runs it
         out["nice"] = proc.nice()
         out["policy"] = "idle" if os.sched_getscheduler(server.pid) == os.SCHED_IDLE else "normal"
         client = Client(port)

@@ -393,6 +393,10 @@ class DashboardLoad:
                                             self.config], cwd=self.bot.workdir, env=env, stdout=subprocess.DEVNULL,
                                            stderr=err)
         self.ps = psutil.Process(self.server.pid)
+        try:  # as bollmin-dashboard.service runs it (CPUSchedulingPolicy=idle)
+            os.sched_setscheduler(self.server.pid, os.SCHED_IDLE, os.sched_param(0))
+        except (OSError, AttributeError) as exc:
+            log(f"latency: could not put the dashboard in the idle scheduling class: {exc}")
         deadline = time.monotonic() + 30
         while not await asyncio.to_thread(_http_ok, f"http://127.0.0.1:{self.port}/healthz"):
             if self.server.poll() is not None or time.monotonic() > deadline:
@@ -1023,8 +1027,8 @@ def loaded_text(lat: dict[str, Any], ld: dict[str, Any]) -> list[str]:
         f"requests in {d.get('seconds', 0):.0f} s ({bp.get('/api/status', 0):,} / {bp.get('/api/candles', 0):,} / "
         f"{bp.get('/api/trades', 0):,} / {bp.get('/', 0):,}; {d.get('errors', 0)} errors). The exchange received "
         f"{ld['orders']:,} orders ({ld['filled']:,} filled). The dashboard ran in the {d.get('policy')} "
-        f"scheduling class at nice {d.get('nice')} (started by hand it puts itself there, as its unit does with "
-        f"`CPUSchedulingPolicy=idle`, `Nice=10`, `CPUWeight=20`). "
+        f"scheduling class at nice {d.get('nice')}, as its unit runs it (`CPUSchedulingPolicy=idle`, `Nice=10`, "
+        f"`CPUWeight=20`; started by hand it only lowers itself to nice 10). "
         f"CPU meanwhile, in % of one core: dashboard "
         f"{d.get('dash_cpu', 0):.0f}, load generator {d.get('load_cpu', 0):.0f}, bot {ld['bot_cpu']:.0f} (plain "
         f"run {lat['bot_cpu']:.0f}), this bench with its exchange {ld['bench_cpu']:.0f} (plain run "

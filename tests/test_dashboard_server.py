@@ -2,7 +2,7 @@
 
 Many idle connections do not stop a signed-in user (bounded counts and generous times, loopback
 only); connections cost no threads; SIGTERM stops it cleanly; it reports readiness to systemd,
-runs in the idle scheduling class, serves IPv6, and believes proxy headers only from a
+runs at a lower CPU priority than the bot, serves IPv6, and believes proxy headers only from a
 proxy on the same machine.
 """
 
@@ -142,8 +142,7 @@ def test_sigterm_stops_it_cleanly_with_connections_open_and_systemd_hears_of_it(
     try:
         dash = dashboards(dashboard_db[0], env={"NOTIFY_SOCKET": sock_path})
         assert listener.recv(256) == b"READY=1"  # sent once the socket listens (Type=notify)
-        # The bot gets the CPU first: the idle scheduling class, and nice 10 besides.
-        assert os.sched_getscheduler(dash.proc.pid) == os.SCHED_IDLE and psutil.Process(dash.proc.pid).nice() >= 10
+        assert psutil.Process(dash.proc.pid).nice() >= 10  # the bot gets the CPU first (the unit adds SCHED_IDLE)
         keep = dash.conn()
         keep.request("GET", "/healthz")
         assert keep.getresponse().read() == b'{"ok":true}\n'
