@@ -13,10 +13,12 @@
 #   -h, --help          this help (needs no root, changes nothing)
 #
 # Layout: code /opt/bollmin (venv in /opt/bollmin/venv), settings /etc/bollmin/config.py
-# (created once, never overwritten), secrets /etc/bollmin/bollmin.env (root:bollmin 0640),
+# (created once, never overwritten), secrets /etc/bollmin/bollmin.env (the bot's: exchange keys,
+# notification URLs) and /etc/bollmin/dashboard.env (the dashboard password), root:bollmin 0640,
 # data /var/lib/bollmin, log file /var/log/bollmin (and journald), services bollmin.service
-# and bollmin-dashboard.service running as the system user bollmin. Running it again is
-# an update: config, secrets and data are kept. Details: docs/deploy.zh.md
+# and bollmin-dashboard.service running as the system user bollmin (the dashboard never gets the
+# bot's secrets file). Running it again is an update: config, secrets and data are kept.
+# Details: docs/deploy.zh.md
 set -euo pipefail
 
 readonly APP_USER=bollmin
@@ -25,6 +27,7 @@ readonly VENV_DIR=$CODE_DIR/venv
 readonly CONF_DIR=/etc/bollmin
 readonly CONF_FILE=$CONF_DIR/config.py
 readonly ENV_FILE=$CONF_DIR/bollmin.env
+readonly WEB_ENV_FILE=$CONF_DIR/dashboard.env
 readonly DATA_DIR=/var/lib/bollmin
 readonly LOG_DIR=/var/log/bollmin
 readonly UNIT_DIR=/etc/systemd/system
@@ -174,9 +177,11 @@ def read_env(path):
         env[key] = value
     return env
 
-conf_file, env_file, data_dir, what = sys.argv[1:5]
+conf_file, env_file, web_env_file, data_dir, what = sys.argv[1:6]
 try:
     env = read_env(env_file)
+    if pathlib.Path(web_env_file).exists():
+        env.update(read_env(web_env_file))
     cfg = config.load_config(conf_file, env=env)
 except config.ConfigError as err:
     sys.exit(f"{err}")
@@ -187,6 +192,7 @@ out = {"AUTO_RESTART": cfg.AUTO_RESTART, "MODE": cfg.mode, "DB": db, "LOG_FILE":
        "DASHBOARD_HOST": cfg.DASHBOARD_HOST, "DASHBOARD_PORT": cfg.DASHBOARD_PORT,
        "DASHBOARD_PASSWORD": "set" if cfg.DASHBOARD_PASSWORD else "not set",
        "API_KEY": "set" if cfg.API_KEY else "not set", "API_SECRET": "set" if cfg.API_SECRET else "not set",
+       "NOTIFY": " ".join(config.masked(cfg)["NOTIFY_URLS"]) or "off",
        "SYMBOL": cfg.SYMBOL, "INTERVAL": cfg.INTERVAL}
 if what == "status":
     try:
@@ -214,11 +220,11 @@ probe() {  # probe CODE_DIR [status]: fills CFG; on a bad config prints its one-
   out=$(scratch bollmin-probe)
   err=$(scratch bollmin-probe-err)
   if ! (cd "$code" && as_service_user "$VENV_DIR/bin/python" -E -s -c "$PROBE_PY" \
-          "$CONF_FILE" "$ENV_FILE" "$DATA_DIR" "$what") >"$out" 2>"$err"; then
+          "$CONF_FILE" "$ENV_FILE" "$WEB_ENV_FILE" "$DATA_DIR" "$what") >"$out" 2>"$err"; then
     line=$(grep -v '^[[:space:]]*$' "$err" | tail -n 1 || true)
     printf 'bollmin: ERROR: configuration: %s\n' "${line:-the settings could not be read}" >&2
-    printf 'bollmin: fix %s (or %s) and run this again; the running services were not changed\n' \
-      "$CONF_FILE" "$ENV_FILE" >&2
+    printf 'bollmin: fix %s (or %s, %s) and run this again; the running services were not changed\n' \
+      "$CONF_FILE" "$ENV_FILE" "$WEB_ENV_FILE" >&2
     return 1
   fi
   CFG=()
@@ -269,26 +275,67 @@ create_config() {  # create_config CODE_DIR: the default settings file with serv
   say "created $CONF_FILE (paper trading; edit it, then: sudo ./auto_deploy.sh restart)"
 }
 
-create_env_file() {
-  local tmp password
+create_env_file() {  # the bot's secrets
+  local tmp
   tmp=$(mktemp "$CONF_DIR/.bollmin.env.XXXXXX")
   TMP_FILES+=("$tmp")
   chmod 0640 "$tmp"
-  password=$(head -c 18 /dev/urandom | base64 | tr '+/' '-_')
   cat >"$tmp" <<EOF
-# bollmin secrets, read by systemd (EnvironmentFile=) for both services. Keep it root:bollmin 0640.
+# bollmin secrets of the trading bot, read by systemd (EnvironmentFile=) for bollmin.service only:
+# the dashboard never gets them. Keep it root:bollmin 0640.
 # KEY=value per line, no quotes needed, no spaces around '='. After editing: sudo ./auto_deploy.sh restart
 #
 # Binance API key: enable only "Futures" trading, never withdrawals, and restrict it to this
 # server's IP address. Needed only when PAPER_TRADING = False in config.py.
 BINANCE_API_KEY=
 BINANCE_API_SECRET=
-# Dashboard login (any user name, this password). Generated at install; change it freely.
-BOLLMIN_DASHBOARD_PASSWORD=$password
+# Notifications (fills, crashes, reconciliation, daily summary): Apprise URLs separated by spaces,
+# e.g. tgram://BOT_TOKEN/CHAT_ID or dingtalk://TOKEN (README: 通知). Empty: no notifications.
+BOLLMIN_NOTIFY_URLS=
 EOF
   chown root:"$APP_USER" "$tmp"
   mv "$tmp" "$ENV_FILE"
-  say "created $ENV_FILE (API keys empty; a random dashboard password)"
+  say "created $ENV_FILE (API keys empty)"
+}
+
+write_web_env_file() {  # write_web_env_file PASSWORD NOTE
+  local tmp
+  tmp=$(mktemp "$CONF_DIR/.dashboard.env.XXXXXX")
+  TMP_FILES+=("$tmp")
+  chmod 0640 "$tmp"
+  cat >"$tmp" <<EOF
+# bollmin dashboard secret, read by systemd (EnvironmentFile=) for both services. Keep it root:bollmin 0640.
+# After editing: sudo ./auto_deploy.sh restart
+#
+# Dashboard login: any user name and this password (at least 10 characters when the dashboard
+# listens beyond loopback). $2
+BOLLMIN_DASHBOARD_PASSWORD=$1
+EOF
+  chown root:"$APP_USER" "$tmp"
+  mv "$tmp" "$WEB_ENV_FILE"
+}
+
+ensure_web_env_file() {
+  # Older installs kept the dashboard password in bollmin.env, which both services read: move it
+  # into dashboard.env, so that the dashboard's unit needs nothing from the bot's secrets file.
+  local pattern='^[[:space:]]*(export[[:space:]]+)?BOLLMIN_DASHBOARD_PASSWORD=' line tmp
+  [ ! -e "$WEB_ENV_FILE" ] || return 0
+  line=$(grep -m1 -E "$pattern" "$ENV_FILE" 2>/dev/null || true)
+  if [ -n "$line" ]; then
+    write_web_env_file "${line#*=}" "Moved here from $ENV_FILE on $(date -u +%F)."
+    tmp=$(mktemp "$CONF_DIR/.bollmin.env.XXXXXX")
+    TMP_FILES+=("$tmp")
+    chmod 0640 "$tmp"
+    grep -v -E "$pattern" "$ENV_FILE" >"$tmp" || true
+    printf '# BOLLMIN_DASHBOARD_PASSWORD moved to %s on %s (the dashboard does not read this file)\n' \
+      "$WEB_ENV_FILE" "$(date -u +%F)" >>"$tmp"
+    chown root:"$APP_USER" "$tmp"
+    mv "$tmp" "$ENV_FILE"
+    say "moved the dashboard password from $ENV_FILE to $WEB_ENV_FILE"
+  else
+    write_web_env_file "$(head -c 18 /dev/urandom | base64 | tr '+/' '-_')" "Generated at install; change it freely."
+    say "created $WEB_ENV_FILE (a random dashboard password)"
+  fi
 }
 
 setting_names() {  # setting_names CODE_DIR: one name per line (nothing when unknown)
@@ -432,7 +479,7 @@ except Exception as exc:
     say "  then open http://127.0.0.1:${CFG[DASHBOARD_PORT]:-}/"
   fi
   if [ "${CFG[DASHBOARD_PASSWORD]:-}" = set ]; then
-    say "  login: any user name + BOLLMIN_DASHBOARD_PASSWORD from $ENV_FILE (sudo grep PASSWORD $ENV_FILE)"
+    say "  login: any user name + BOLLMIN_DASHBOARD_PASSWORD from $WEB_ENV_FILE (sudo grep PASSWORD $WEB_ENV_FILE)"
   fi
 }
 
@@ -467,8 +514,9 @@ cmd_install() {
     first_config=1
   fi
   [ -e "$ENV_FILE" ] || create_env_file
-  chown root:"$APP_USER" "$CONF_FILE" "$ENV_FILE"
-  chmod 0640 "$CONF_FILE" "$ENV_FILE"
+  ensure_web_env_file
+  chown root:"$APP_USER" "$CONF_FILE" "$ENV_FILE" "$WEB_ENV_FILE"
+  chmod 0640 "$CONF_FILE" "$ENV_FILE" "$WEB_ENV_FILE"
   probe "$STAGE"
   if [ "$first_config" = 0 ]; then
     old_names=$(scratch bollmin-names)
@@ -507,6 +555,7 @@ require_installed() {
 cmd_restart() {
   require_installed
   ensure_dirs
+  ensure_web_env_file
   probe "$CODE_DIR"
   write_restart_dropin
   restart_services
@@ -556,12 +605,13 @@ cmd_status() {
     printf 'AUTO_RESTART %s (systemd Restart=%s)\n' "${CFG[AUTO_RESTART]:-}" "$restart"
     printf 'secrets: API key %s, API secret %s, dashboard password %s (values never shown)\n' \
       "${CFG[API_KEY]:-}" "${CFG[API_SECRET]:-}" "${CFG[DASHBOARD_PASSWORD]:-}"
+    printf 'notifications: %s\n' "${CFG[NOTIFY]:-off}"
     printf 'dashboard %s\n' "$(dashboard_url)"
     printf 'data %s, log %s\n' "${CFG[DB]:-}" "${CFG[LOG_FILE]:-}"
   else
     rc=1
   fi
-  printf 'config %s, secrets %s\n' "$CONF_FILE" "$ENV_FILE"
+  printf 'config %s, secrets %s (bot) and %s (dashboard)\n' "$CONF_FILE" "$ENV_FILE" "$WEB_ENV_FILE"
   return "$rc"
 }
 

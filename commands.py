@@ -2,25 +2,20 @@
 
 The dashboard's only write to the DB is one row in ``commands`` (``store.add_command``); the
 bot polls the table about once a second, carries each command out and marks it ``done`` or
-``failed`` with a result text. To add a command: a member of ``Command``, its text on the
-dashboard, and its branch in ``carry_out`` (and the DB's CHECK constraint, via a migration).
+``failed`` with a result text. To add a command: a member of ``store.Command`` (and the DB's
+CHECK constraint, via a migration), its text on the dashboard (templates/i18n.json), and its
+branch in ``carry_out`` here.
 """
 
 from __future__ import annotations
 
 import logging
-from enum import StrEnum
 from typing import Any
 
 import store as db
+from store import Command
 
 log = logging.getLogger("bollmin")
-
-
-class Command(StrEnum):
-    PAUSE = "pause"                    # no new entries; closes still go out
-    RESUME = "resume"                  # new entries again
-    CLOSE_POSITION = "close_position"  # close the whole position at market now
 
 
 async def carry_out(bot: Any, command: Command) -> str:

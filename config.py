@@ -8,8 +8,9 @@ A settings file is a Python file that assigns any subset of the UPPERCASE names 
 Give it with ``--config PATH`` or ``BOLLMIN_CONFIG=PATH``. ``python config.py`` prints a
 commented file with every setting at its default (the deployment installs it as
 ``/etc/bollmin/config.py``). Secrets may come from the environment instead
-(``BINANCE_API_KEY``, ``BINANCE_API_SECRET``, ``BOLLMIN_DASHBOARD_PASSWORD``); the
-environment wins. Relative paths (DB_PATH, LOG_FILE) are relative to the working directory.
+(``BINANCE_API_KEY``, ``BINANCE_API_SECRET``, ``BOLLMIN_DASHBOARD_PASSWORD``,
+``BOLLMIN_NOTIFY_URLS``); the environment wins. Relative paths (DB_PATH, LOG_FILE) are
+relative to the working directory.
 
 Every problem stops the program with a one-line ``ConfigError`` naming the setting; the CLI
 turns it into exit code 2. A settings file is UTF-8 text of at most 1 MiB (``MAX_CONFIG_BYTES``);
@@ -40,12 +41,14 @@ PRODUCTION_WS = "wss://fstream.binance.com"
 TESTNET_REST = "https://demo-fapi.binance.com"
 TESTNET_WS = "wss://fstream.binancefuture.com"
 
-SECRET_NAMES = ("API_KEY", "API_SECRET", "DASHBOARD_PASSWORD")
+SECRET_NAMES = ("API_KEY", "API_SECRET", "DASHBOARD_PASSWORD", "NOTIFY_URLS")
 ENV_SECRETS = {
     "API_KEY": "BINANCE_API_KEY",
     "API_SECRET": "BINANCE_API_SECRET",
     "DASHBOARD_PASSWORD": "BOLLMIN_DASHBOARD_PASSWORD",
+    "NOTIFY_URLS": "BOLLMIN_NOTIFY_URLS",
 }
+MIN_DASHBOARD_PASSWORD = 10  # characters, beyond loopback
 
 #: Every environment variable bollmin reads, and why. Settings live in the settings file;
 #: the environment only carries the file's location, secrets (which win over the file) and
@@ -55,6 +58,7 @@ ENVIRONMENT: dict[str, str] = {
     "BINANCE_API_KEY": "API_KEY (wins over the settings file)",
     "BINANCE_API_SECRET": "API_SECRET (wins over the settings file)",
     "BOLLMIN_DASHBOARD_PASSWORD": "DASHBOARD_PASSWORD (wins over the settings file)",
+    "BOLLMIN_NOTIFY_URLS": "NOTIFY_URLS (wins over the settings file; they carry tokens)",
     "BOLLMIN_DASHBOARD_SECRET_KEY": "dashboard: a fixed key for signing login cookies (default: random at each "
                                     "start, so a restart logs everyone out)",
     "BOLLMIN_DEMO_DIR": "demo: where the demo keeps its files (default: bollmin-demo-<uid> in the temp directory)",
@@ -178,6 +182,19 @@ def _choice(*options: str) -> Callable[[str], str | None]:
     return lambda v: None if v in options else f"must be one of {', '.join(repr(o) for o in options)}"
 
 
+def _notify_urls(v: tuple[str, ...]) -> str | None:
+    # Checked by Apprise itself (imported only when there is something to check), never echoed.
+    if not v:
+        return None
+    import notify
+
+    for i, url in enumerate(v, 1):
+        problem = notify.url_problem(url)
+        if problem:
+            return f"item {i} ({mask_url(url)}): {problem}"
+    return None
+
+
 SETTINGS: tuple[Setting, ...] = (
     # --- market and strategy -------------------------------------------------------------
     Setting("SYMBOL", "BTCUSDT", "USD-M perpetual contract to trade", _symbol),
@@ -234,7 +251,8 @@ SETTINGS: tuple[Setting, ...] = (
     # --- dashboard ---------------------------------------------------------------------------
     Setting("DASHBOARD_HOST", "127.0.0.1", "address the dashboard listens on", _host),
     Setting("DASHBOARD_PORT", 8080, "port of the dashboard", _between(1, 65535)),
-    Setting("DASHBOARD_PASSWORD", "", "dashboard password; required when the host is not loopback", None),
+    Setting("DASHBOARD_PASSWORD", "",
+            f"dashboard password; beyond loopback required, at least {MIN_DASHBOARD_PASSWORD} characters", None),
     # --- strategy variations: all off by default (the strategy table exactly); see README 策略实验室 ---
     Setting(
         "EVALUATE_ON", "tick",
@@ -254,6 +272,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FUNDING_FILE", "",
             "funding-rate history charged in backtest and sweep (from 'download --funding' or Binance's "
             "archive); '' = no funding (paper 'run' never charges funding)", None),
+    # --- notifications (sent by the bot; off while NOTIFY_URLS is empty) ----------------------------
+    Setting(
+        "NOTIFY_URLS", (),
+        "where to send notifications, Apprise URLs (e.g. 'tgram://BOT_TOKEN/CHAT_ID', 'dingtalk://TOKEN', "
+        "'wecombot://KEY', 'feishu://TOKEN', 'schan://SENDKEY', 'mailtos://...', 'json://host/path'); "
+        "a list, or one text with the URLs separated by spaces (or env BOLLMIN_NOTIFY_URLS). They carry "
+        "tokens: shown masked everywhere",
+        _notify_urls,
+    ),
+    Setting("NOTIFY_PAPER", False, "also notify paper (simulated) fills; live fills are always sent", None),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -294,6 +322,8 @@ class Config:
     DASHBOARD_HOST: str
     DASHBOARD_PORT: int
     DASHBOARD_PASSWORD: str
+    NOTIFY_URLS: tuple[str, ...]
+    NOTIFY_PAPER: bool
     source: str = "defaults"  # where the settings came from (a path or "defaults")
     # --- strategy variations (defaults: off) ---
     EVALUATE_ON: str = "tick"
@@ -339,6 +369,12 @@ def _typed(name: str, value: Any) -> Any:
         if value != value or value in (float("inf"), float("-inf")):
             raise ConfigError(f"{name} = {shown}: must be a finite number")
         return value
+    if kind is tuple:
+        # A list (or tuple) of texts, or one text whose items are separated by white space.
+        items = value.split() if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(f"{name} = {shown}: must be a list of texts in quotes, e.g. ['a://x', 'b://y']")
+        return tuple(i.strip() for i in items if i.strip())
     if not isinstance(value, str):
         raise ConfigError(f"{name} = {shown}: must be a text string in quotes (default {default!r})")
     value = str.__str__(value)
@@ -369,6 +405,19 @@ def brief(value: Any) -> str:
         return _REPR.repr(value)
     except Exception:  # a hostile __repr__
         return f"<{type(value).__name__}>"
+
+
+def dashboard_password_problem(host: str, password: str) -> str | None:
+    """Why ``password`` is not good enough for a dashboard on ``host`` (None: it is)."""
+    if is_loopback(host):
+        return None
+    if not password:
+        return (f"DASHBOARD_PASSWORD is empty but DASHBOARD_HOST = {host!r} is reachable from other machines: "
+                f"set a password (or env BOLLMIN_DASHBOARD_PASSWORD) or use '127.0.0.1'")
+    if len(password.strip()) < MIN_DASHBOARD_PASSWORD:
+        return (f"DASHBOARD_PASSWORD is too weak for DASHBOARD_HOST = {host!r}: use at least "
+                f"{MIN_DASHBOARD_PASSWORD} characters that are not all spaces (or keep DASHBOARD_HOST = '127.0.0.1')")
+    return None
 
 
 def is_loopback(host: str) -> bool:
@@ -427,11 +476,9 @@ def _build(values: dict[str, Any], source: str) -> Config:
                     f"{name} is empty but PAPER_TRADING = False: set it (or env {ENV_SECRETS[name]}) "
                     f"or keep PAPER_TRADING = True"
                 )
-    if not is_loopback(checked["DASHBOARD_HOST"]) and not checked["DASHBOARD_PASSWORD"]:
-        raise ConfigError(
-            f"DASHBOARD_PASSWORD is empty but DASHBOARD_HOST = {checked['DASHBOARD_HOST']!r} is reachable "
-            f"from other machines: set a password (or env BOLLMIN_DASHBOARD_PASSWORD) or use '127.0.0.1'"
-        )
+    problem = dashboard_password_problem(checked["DASHBOARD_HOST"], checked["DASHBOARD_PASSWORD"])
+    if problem:
+        raise ConfigError(problem)
     return Config(**checked, source=source)
 
 
@@ -574,14 +621,22 @@ def load_config(path: str | None = None, env: dict[str, str] | None = None) -> C
 
 
 def masked(cfg: Config) -> dict[str, Any]:
-    """Every setting by name, secrets shown only as set/unset."""
+    """Every setting by name, secrets shown only as set/unset (notification URLs as ``scheme://***``)."""
     out: dict[str, Any] = {}
     for s in SETTINGS:
         value = getattr(cfg, s.name)
-        if s.name in SECRET_NAMES:
+        if s.name == "NOTIFY_URLS":
+            value = tuple(mask_url(u) for u in value)
+        elif s.name in SECRET_NAMES:
             value = "***" if value else ""
         out[s.name] = value
     return out
+
+
+def mask_url(url: str) -> str:
+    """``scheme://***``: which service, never the token (it may sit anywhere in the URL)."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    return f"{scheme}://***" if re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]{0,31}", scheme) else "***"
 
 
 def help_text() -> str:
@@ -594,7 +649,8 @@ def render_default_file() -> str:
     lines = [
         "# bollmin settings. Every name is optional: delete a line to use the built-in default.",
         "# Secrets are better kept in the environment (BINANCE_API_KEY, BINANCE_API_SECRET,",
-        "# BOLLMIN_DASHBOARD_PASSWORD); under systemd they live in /etc/bollmin/bollmin.env.",
+        "# BOLLMIN_NOTIFY_URLS in /etc/bollmin/bollmin.env, read by the bot only; BOLLMIN_DASHBOARD_PASSWORD",
+        "# in /etc/bollmin/dashboard.env) than here: this file is readable by the dashboard too.",
         "",
     ]
     for s in SETTINGS:

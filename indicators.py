@@ -116,3 +116,21 @@ class LiveBoll:
         mid = self._ref + mean_d
         width = self.k * sd
         return (mid + width, mid, mid - width)
+
+
+def closing_bands(closes: Iterable[float], period: int = 20, k: float = 2.0, ddof: int = 0) -> list[Bands | None]:
+    """The bands as they stood at each close (for drawing UP/MID/DN under past candles).
+
+    The window of close ``i`` is the ``period - 1`` closes before it plus close ``i`` itself:
+    ``LiveBoll`` with that close as the forming candle's last price, so the chart shows what the
+    bot computed at each candle's last tick. None until ``period - 1`` earlier closes exist.
+
+    >>> [b.mid if b else None for b in closing_bands([1.0, 2.0, 3.0, 4.0], period=3)]
+    [None, None, 2.0, 3.0]
+    """
+    boll = LiveBoll(period, k, ddof)
+    out: list[Bands | None] = []
+    for close in closes:
+        out.append(boll.bands(close))
+        boll.push_closed(close)
+    return out

@@ -22,6 +22,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
+from enum import StrEnum
 from typing import Any
 
 from history import Candle
@@ -194,6 +195,19 @@ SCHEMA_SWEEP = (
 )
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_SWEEP)  # index i: version i -> i+1
+
+
+class Command(StrEnum):
+    """What the dashboard may ask of the bot: one row in ``commands``, carried out by the bot.
+
+    The one list of command names (the schema's CHECK spells the same three).
+    """
+
+    PAUSE = "pause"                    # no new entries; an open position is kept
+    RESUME = "resume"                  # entries allowed again
+    CLOSE_POSITION = "close_position"  # close the open position now at market
+
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -663,23 +677,150 @@ def read_transitions(conn: sqlite3.Connection, limit: int = 50) -> list[dict[str
     return [dict(r) for r in conn.execute("SELECT * FROM transitions ORDER BY id DESC LIMIT ?", (limit,))]
 
 
+# ---- reads for the dashboard: every query the page makes (read-only connections) --------------
+
+DAY_MS = 86_400_000
+
+
+def find_databases(directory: str) -> list[dict[str, str]]:
+    """The bollmin DBs among the ``*.db`` files of ``directory``, each opened read-only for its
+    ``path``, ``db_role`` (bot, backtest, sweep), ``symbol``, ``interval`` and ``mode``; files
+    that are not bollmin DBs (or cannot be read) are left out."""
+    found = []
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    for name in names:
+        path = os.path.join(directory, name)
+        if not name.endswith(".db") or not os.path.isfile(path):
+            continue
+        try:
+            conn = connect_readonly(path)
+            try:
+                st = read_status(conn)
+            finally:
+                conn.close()
+        except (StoreError, sqlite3.Error):
+            continue
+        found.append({"path": path, "db_role": st.get("db_role") or "", "symbol": st.get("symbol") or "",
+                      "interval": st.get("interval") or "", "mode": st.get("mode") or ""})
+    return found
+
+
+def table_exists(conn: sqlite3.Connection, name: str) -> bool:
+    """True when the file has table ``name`` (tables added by later versions may be missing)."""
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
+
+
+def read_last_order(conn: sqlite3.Connection) -> dict[str, Any] | None:
+    """The newest order of any status, or None."""
+    row = conn.execute("SELECT * FROM orders ORDER BY id DESC LIMIT 1").fetchone()
+    return None if row is None else dict(row)
+
+
+def count_orders(conn: sqlite3.Connection, paper: bool | None = None) -> int:
+    """Orders of every status; only paper (True) or only live (False) ones when asked."""
+    if paper is None:
+        return int(conn.execute("SELECT count(*) FROM orders").fetchone()[0])
+    return int(conn.execute("SELECT count(*) FROM orders WHERE paper = ?", (int(paper),)).fetchone()[0])
+
+
+def read_commands(conn: sqlite3.Connection, limit: int = 20) -> list[dict[str, Any]]:
+    """The newest dashboard commands, newest first."""
+    return [dict(r) for r in conn.execute("SELECT * FROM commands ORDER BY id DESC LIMIT ?", (limit,))]
+
+
+def last_candle_ms(conn: sqlite3.Connection, symbol: str, interval: str) -> int | None:
+    """Open time of the newest stored candle (primary-key lookup)."""
+    row = conn.execute("SELECT max(open_time_ms) FROM candles WHERE symbol = ? AND interval = ?",
+                       (symbol, interval)).fetchone()
+    return row[0]
+
+
+def read_fills_between(conn: sqlite3.Connection, symbol: str, start_ms: int, end_ms: int) -> list[dict[str, Any]]:
+    """Filled orders of ``symbol`` with ``start_ms <= time_ms < end_ms``, oldest first (chart markers)."""
+    rows = conn.execute(
+        "SELECT id, time_ms, action, reason, fill_price, filled_qty, paper FROM orders WHERE status = 'filled'"
+        " AND symbol = ? AND time_ms >= ? AND time_ms < ? ORDER BY id",
+        (symbol, start_ms, end_ms),
+    ).fetchall()
+    return [dict(r) for r in rows]
+
+
+def read_net_pnl_steps(conn: sqlite3.Connection, paper: bool) -> list[tuple[int, float]]:
+    """``(time_ms, net)`` per filled order, oldest first: realised PnL minus the fee it paid (USDT).
+
+    The running sum of ``net`` is the equity curve (cumulative net PnL) of paper or live trading.
+    """
+    rows = conn.execute(
+        "SELECT time_ms, coalesce(realized_pnl_usdt, 0) - coalesce(fee_usdt, 0) FROM orders"
+        " WHERE status = 'filled' AND paper = ? ORDER BY time_ms, id",
+        (int(paper),),
+    ).fetchall()
+    return [(int(t), float(v)) for t, v in rows]
+
+
+def read_daily_pnl(conn: sqlite3.Connection, paper: bool) -> list[dict[str, Any]]:
+    """Per UTC day with fills: ``day_ms`` (00:00 UTC), ``net_pnl_usdt``, ``fees_usdt``, ``orders``, ``closes``."""
+    rows = conn.execute(
+        "SELECT time_ms / ? * ? AS day_ms, sum(coalesce(realized_pnl_usdt, 0) - coalesce(fee_usdt, 0)),"
+        " sum(coalesce(fee_usdt, 0)), count(*), sum(action IN ('close_long', 'close_short'))"
+        " FROM orders WHERE status = 'filled' AND paper = ? GROUP BY day_ms ORDER BY day_ms",
+        (DAY_MS, DAY_MS, int(paper)),
+    ).fetchall()
+    return [{"day_ms": int(d), "net_pnl_usdt": float(n), "fees_usdt": float(f), "orders": int(o), "closes": int(c)}
+            for d, n, f, o, c in rows]
+
+
+def orders_version(conn: sqlite3.Connection) -> tuple[int, int]:
+    """(newest order id, number of orders): changes whenever an order is added (cheap cache key)."""
+    row = conn.execute("SELECT coalesce(max(id), 0), count(*) FROM orders").fetchone()
+    return int(row[0]), int(row[1])
+
+
+def read_reconcile_alerts(conn: sqlite3.Connection, since_ms: int, limit: int = 5) -> list[dict[str, Any]]:
+    """Position mismatches found by reconciliation since ``since_ms``, newest first (for alerts).
+
+    The bot logs each one as a CRITICAL event whose message starts with ``RECONCILE``; those rows
+    are the record. Where the file also has a ``reconciliations(id, time_ms, why, stored_qty,
+    exchange_qty, exchange_entry_price, adopted_state, rule)`` table, the row closest in time
+    (within a minute) is attached as ``detail``.
+    """
+    rows = [dict(r) for r in conn.execute(
+        "SELECT id, time_ms, message FROM events WHERE time_ms >= ? AND level = 'CRITICAL'"
+        " AND message LIKE 'RECONCILE%' ORDER BY time_ms DESC, id DESC LIMIT ?",
+        (since_ms, limit),
+    )]
+    if rows and table_exists(conn, "reconciliations"):
+        for row in rows:
+            found = conn.execute(
+                "SELECT * FROM reconciliations WHERE time_ms BETWEEN ? AND ? ORDER BY abs(time_ms - ?) LIMIT 1",
+                (row["time_ms"] - 60_000, row["time_ms"] + 60_000, row["time_ms"]),
+            ).fetchone()
+            row["detail"] = None if found is None else dict(found)
+    return rows
+
+
 def pending_commands(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     return [dict(r) for r in conn.execute("SELECT * FROM commands WHERE status = 'pending' ORDER BY id")]
 
 
 def add_command(path: str, command: str) -> int:
-    """Queue a dashboard command (pause | resume | close_position) for the bot; returns its id.
+    """Queue a dashboard ``Command`` for the bot; returns its id.
 
     The only write the dashboard makes: a short connection of its own, one INSERT.
     """
-    if command not in ("pause", "resume", "close_position"):
-        raise ValueError(f"unknown command {command!r}")
+    try:
+        command = Command(command)
+    except ValueError:
+        raise ValueError(f"unknown command {command!r}") from None
     if not os.path.exists(path):
         raise StoreError(f"database {path}: no such file")
     conn = sqlite3.connect(path, isolation_level=None, timeout=5.0)
     try:
         conn.execute("PRAGMA busy_timeout = 5000")
-        cur = conn.execute("INSERT INTO commands(created_ms, command) VALUES (?, ?)", (now_ms(), command))
+        cur = conn.execute("INSERT INTO commands(created_ms, command) VALUES (?, ?)", (now_ms(), str(command)))
         return int(cur.lastrowid)
     finally:
         conn.close()
@@ -875,7 +1016,7 @@ def check_sweep_db(path: str) -> None:
     """Refuse the bot's own DB (its ``db_role`` is 'bot') before a sweep does any work."""
     if not os.path.exists(path):
         return
-    conn = connect(path)
+    conn = connect_readonly(path)
     try:
         role = conn.execute("SELECT value FROM status WHERE key = 'db_role'").fetchone()
     finally:
@@ -932,12 +1073,16 @@ def write_sweep(path: str, meta: dict[str, Any], ranked: list[dict[str, Any]], t
 
 
 def read_sweep_runs(conn: sqlite3.Connection, limit: int = 50) -> list[dict[str, Any]]:
-    """Stored sweeps, newest first."""
+    """Stored sweeps, newest first (none in a file from before the sweep tables existed)."""
+    if not table_exists(conn, "sweep_runs"):
+        return []
     return [dict(r) for r in conn.execute("SELECT * FROM sweep_runs ORDER BY id DESC LIMIT ?", (limit,))]
 
 
 def read_sweep_results(conn: sqlite3.Connection, run_id: int, limit: int | None = None) -> list[dict[str, Any]]:
     """The parameter sets of one sweep, best first (without ``summary_json``; see ``read_sweep_record``)."""
+    if not table_exists(conn, "sweep_results"):
+        return []
     sql = "SELECT * FROM sweep_results WHERE run_id = ? ORDER BY rank"
     args: list[Any] = [run_id]
     if limit is not None:
@@ -967,3 +1112,19 @@ def read_sweep_equity(conn: sqlite3.Connection, run_id: int, part: str = "all") 
     ):
         curves.setdefault(int(r[0]), []).append((int(r[1]), float(r[2])))
     return curves
+
+
+def read_sweep_curves(conn: sqlite3.Connection, result_ids: Sequence[int],
+                      part: str = "all") -> dict[int, list[tuple[int, float]]]:
+    """The stored equity curves (``[(time_ms, equity_usdt)]``, oldest first) of the sets asked for;
+    a set without a stored curve (not among the sweep's ``--top``) gets an empty list."""
+    ids = [int(i) for i in result_ids]
+    out: dict[int, list[tuple[int, float]]] = {i: [] for i in ids}
+    if not ids or not table_exists(conn, "sweep_equity"):
+        return out
+    rows = conn.execute(
+        f"SELECT result_id, time_ms, equity_usdt FROM sweep_equity WHERE part = ? AND result_id IN "
+        f"({','.join('?' * len(ids))}) ORDER BY result_id, time_ms", (part, *ids))
+    for rid, t, v in rows:
+        out[int(rid)].append((int(t), float(v)))
+    return out

@@ -191,3 +191,45 @@ def candles_15m_2023():
     """The bundled real BTCUSDT 15m candles of 2023 (35,040 ``history.Candle``; a tuple)."""
     return _real_candles(MARKET_15M)
 
+
+
+# ---- strategy-lab results for the dashboard (tests/test_dashboard_data.py, test_dashboard_browser.py) ----
+
+def lab_db_path(dashboard_db: str) -> str:
+    """Where the fixtures store sweeps: ``lab.db`` beside the dashboard's DB (the dashboard finds it there)."""
+    return os.path.join(os.path.dirname(os.path.abspath(dashboard_db)), "lab.db")
+
+
+def add_sweep(path: str, *, n_candles: int = 600, periods=(10, 20, 30), ks=(1.5, 2.0, 2.5, 3.0),
+              interval: str = "15m", train_fraction: float | None = 0.7, equity: bool = True) -> dict:
+    """Run the real ``bollmin.py sweep --db`` over every (period, k) on ``n_candles`` real 15m candles,
+    storing it in ``lab.db`` beside the dashboard DB ``path``.
+    Returns {"run_id", "results": [(id, period, k, net)], "path": the lab DB}."""
+    import csv
+    import gzip
+    import sqlite3
+    import tempfile
+
+    lab = lab_db_path(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        slice_path = os.path.join(tmp, "k.csv")
+        with gzip.open(MARKET_15M, "rt") as src, open(slice_path, "w", newline="") as dst:
+            rows = csv.reader(src)
+            out = csv.writer(dst)
+            for i, row in enumerate(rows):
+                if i > n_candles:
+                    break
+                out.writerow(row)
+        args = ["sweep", "--klines", slice_path, "--interval", interval,
+                "--period", ",".join(str(p) for p in periods), "--k", ",".join(f"{k:g}" for k in ks),
+                "--jobs", "1", "--db", lab, "--top", str(len(periods) * len(ks) if equity else 1)]
+        if train_fraction:
+            args += ["--train-fraction", str(train_fraction)]
+        done = run_bollmin(*args, timeout=300)
+        assert done.returncode == 0, done.stderr
+    conn = sqlite3.connect(lab)
+    run_id = conn.execute("SELECT max(id) FROM sweep_runs").fetchone()[0]
+    results = [tuple(r) for r in conn.execute(
+        "SELECT id, boll_period, boll_k, net_pnl_usdt FROM sweep_results WHERE run_id = ? ORDER BY id", (run_id,))]
+    conn.close()
+    return {"run_id": run_id, "results": results, "path": lab}

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import gzip
+import hashlib
 import json
 import math
 import os
@@ -24,10 +26,11 @@ PASSWORD = "pw-Qx7!mauve-42"
 SECRETS = (API_KEY, API_SECRET, PASSWORD)
 
 GET_ROUTES = (
-    "/", "/?paper=1&page=2", "/?paper=0", "/?lang=en", "/healthz", "/login", "/api/status", "/api/system",
-    "/api/candles", "/api/candles?limit=300", "/api/trades", "/api/trades?paper=1&page=3", "/api/trades?paper=0",
-    "/api/events", "/api/events?level=error&limit=5", "/api/commands", "/api/config",
-    "/static/app.js", "/static/style.css",
+    "/", "/?paper=1&page=2", "/?paper=0", "/?lang=en", "/lab", "/lab?run=1&set=2&interval=15m", "/healthz", "/login",
+    "/api/status", "/api/system", "/api/candles", "/api/candles?limit=300", "/api/pnl", "/api/trades",
+    "/api/trades?paper=1&page=3", "/api/trades?paper=0", "/api/events", "/api/events?level=error&limit=5",
+    "/api/commands", "/api/config", "/api/lab", "/api/lab?run=1", "/api/lab/equity?run=1&ids=1,2",
+    "/static/common.js", "/static/overview.js", "/static/style.css",
 )
 POST_ROUTES = ("/login", "/logout", "/control/pause", "/control/resume", "/control/close_position")
 
@@ -83,7 +86,7 @@ def test_route_list_covers_the_app(app):
     """New routes must be added to the lists above, so every test below sees them."""
     known = {r.split("?")[0] for r in GET_ROUTES} | set(POST_ROUTES)
     for rule in app.url_map.iter_rules():
-        path = rule.rule.replace("<path:filename>", "app.js").replace("<command>", "pause")
+        path = rule.rule.replace("<path:filename>", "common.js").replace("<command>", "pause")
         assert path in known, f"route {rule.rule} is not exercised by tests/test_dashboard.py"
 
 
@@ -100,7 +103,7 @@ def test_every_route_needs_the_password(client, dashboard_db):
         r = client.get(route)
         if route.startswith(("/healthz", "/login")):
             assert r.status_code == 200, route
-        elif route.split("?")[0] == "/":
+        elif route.split("?")[0] in ("/", "/lab"):
             assert r.status_code == 302 and r.headers["Location"].endswith("/login"), route
         else:
             assert r.status_code == 401, route
@@ -297,7 +300,11 @@ def test_script_in_an_event_is_escaped_in_html_and_raw_in_json(authed):
     html = authed.get("/").get_data(as_text=True)
     assert "<script>alert(1)" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
-    assert len(re.findall(r"<script\b", html)) == 2  # our app.js and the i18n JSON block, nothing else
+    scripts = re.findall(r"<script\b([^>]*)>", html)
+    # Our own static scripts and the i18n JSON block, nothing else.
+    assert scripts.count(' type="application/json" id="i18n"') == 1 and len(scripts) == 5
+    assert all(re.fullmatch(r' src="/static/[\w./-]+\.js\?v=[0-9a-f]{12}" defer', a)
+               for a in scripts if "i18n" not in a), scripts
     events = authed.get("/api/events").get_json()["rows"]
     assert any(e["message"].startswith("<script>alert(1)</script>") for e in events)
     assert [e["level"] for e in authed.get("/api/events?level=error").get_json()["rows"]] == ["ERROR", "WARNING"]
@@ -320,6 +327,9 @@ def test_page_loads_nothing_from_outside(authed):
     js = authed.get("/static/app.js").get_data(as_text=True)
     css = authed.get("/static/style.css").get_data(as_text=True)
     links = re.findall(r'\b(?:src|href|action)\s*=\s*"([^"]*)"', html)
+    # One link leaves the site: the chart library's attribution, which its license asks for (a link, not a load).
+    assert links.count("https://www.tradingview.com/") == 1
+    links.remove("https://www.tradingview.com/")
     assert links and all(re.match(r"(/(?!/)|\?|#|data:)", u) for u in links), links
     assert not re.search(r"""['"`](?:https?:|wss?:)?//""", js), "app.js names another host"
     assert "url(" not in css and "@import" not in css and "@font-face" not in css
@@ -427,7 +437,7 @@ def test_chart_candles_bands_and_markers(authed, dashboard_db):
     import pandas as pd
 
     path, _ = dashboard_db
-    chart = authed.get("/api/candles").get_json()
+    chart = authed.get("/api/candles?limit=100").get_json()
     assert len(chart["candles"]) == len(chart["bands"]) == 100
     conn = store.connect_readonly(path)
     closes = [c.close for c in store.read_candles(conn, "BTCUSDT", "15m", 1000)]
@@ -439,13 +449,21 @@ def test_chart_candles_bands_and_markers(authed, dashboard_db):
     first = chart["candles"][0][0]
     assert chart["markers"] and all(m["time_ms"] >= first for m in chart["markers"])
     assert {m["action"] for m in chart["markers"]} <= {"open_long", "open_short", "close_long", "close_short"}
-    assert len(authed.get("/api/candles?limit=300").get_json()["candles"]) == 300  # every stored candle
+    fills = store.read_trades(conn, paper=None)
+    inside = [f for f in fills if f["time_ms"] >= first]
+    assert [(m["time_ms"], m["price"], m["paper"]) for m in chart["markers"]] == [
+        (f["time_ms"], f["fill_price"], bool(f["paper"])) for f in inside]
+    assert chart["interval_ms"] == 900_000
+    assert len(authed.get("/api/candles").get_json()["candles"]) == 300  # the default: every stored candle here
+    assert len(authed.get("/api/candles?limit=99999").get_json()["candles"]) == 300
 
 
-def test_bollinger_helper_with_ddof_and_short_input():
-    assert dashboard.bollinger([1.0, 2.0], 3, 2.0, 0) == [None, None]
-    (up, mid, dn), = dashboard.bollinger([1.0, 2.0, 3.0], 3, 1.0, 1)[2:]
-    assert (mid, up - mid, mid - dn) == (2.0, 1.0, 1.0)
+def test_bands_come_from_the_bots_own_indicator_with_ddof_and_short_input():
+    from indicators import closing_bands
+
+    assert closing_bands([1.0, 2.0], 3, 2.0, 0) == [None, None]
+    (up, mid, dn), = closing_bands([1.0, 2.0, 3.0], 3, 1.0, 1)[2:]
+    assert (mid, up - mid, mid - dn) == pytest.approx((2.0, 1.0, 1.0))
 
 
 def test_chinese_by_default_english_by_cookie_or_query(authed):
@@ -501,3 +519,151 @@ def test_main_reports_a_bad_config_in_one_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "DASHBOARD_PASSWORD" in err
     assert dashboard.main(["--config", str(tmp_path / "missing.py")]) == 2
+
+
+# ---- sessions live on the server; throttling over all addresses; TLS ---------------------------------
+
+def _session_cookie(client) -> str:
+    return client.get_cookie("bollmin_session").value
+
+
+def test_logout_ends_the_session_on_the_server_not_only_in_the_browser(app, client):
+    """A copy of the cookie taken before signing out (another tab, a thief) is worthless afterwards."""
+    assert login(client).status_code == 303
+    saved = _session_cookie(client)
+    other = app.test_client()
+    other.set_cookie("bollmin_session", saved)
+    assert other.get("/api/status").status_code == 200
+    token = csrf_from(client.get("/").get_data(as_text=True))
+    assert client.post("/logout", data={"csrf_token": token}).status_code == 303
+    assert other.get("/api/status").status_code == 401
+    assert other.get("/").status_code == 302
+    assert len(app.extensions["bollmin"].sessions) == 0
+
+
+def test_sessions_expire_and_are_bounded():
+    now = [0.0]
+    sessions = dashboard.Sessions(clock=lambda: now[0], lifetime_s=100, limit=3)
+    a, b = sessions.start(), sessions.start()
+    assert sessions.valid(a) and sessions.valid(b) and not sessions.valid("forged") and not sessions.valid(None)
+    now[0] = 101
+    assert not sessions.valid(a)
+    ids = [sessions.start() for _ in range(5)]
+    assert len(sessions) == 3 and not sessions.valid(ids[0]) and sessions.valid(ids[-1])
+
+
+def test_guesses_spread_over_many_addresses_are_throttled(app, dashboard_db):
+    """200 wrong guesses from 50 addresses (4 each: under the per-address limit) lock everyone out."""
+    now = [5000.0]
+    throttle = app.extensions["bollmin"].throttle
+    throttle.clock = lambda: now[0]
+    signed_in = app.test_client()
+    assert login(signed_in).status_code == 303
+    statuses = []
+    for i in range(200):
+        c = app.test_client()
+        r = c.get("/api/status", headers=basic(f"guess-{i}"), environ_base={"REMOTE_ADDR": f"127.0.{i % 50}.9"})
+        statuses.append(r.status_code)
+    assert statuses[:dashboard.GLOBAL_FREE_FAILURES] == [401] * dashboard.GLOBAL_FREE_FAILURES
+    assert statuses.count(401) == dashboard.GLOBAL_FREE_FAILURES + 1 and statuses.count(429) == 179
+    # Locked for everyone, even with the right password from a new address; a signed-in session still works.
+    fresh = app.test_client()
+    r = fresh.get("/api/status", headers=basic(PASSWORD), environ_base={"REMOTE_ADDR": "10.9.9.9"})
+    assert r.status_code == 429 and 0 < int(r.headers["Retry-After"]) <= dashboard.GLOBAL_LOCK_MAX_S
+    assert login(fresh).status_code == 429
+    assert signed_in.get("/api/status").status_code == 200
+    # The lock ends; the right password then clears the count for everyone.
+    now[0] += dashboard.GLOBAL_LOCK_MAX_S + 1
+    r = fresh.get("/api/status", headers=basic(PASSWORD), environ_base={"REMOTE_ADDR": "10.9.9.9"})
+    assert r.status_code == 200
+    assert throttle.retry_after("127.0.3.9") == 0
+
+
+def test_cookies_are_secure_over_tls_only(dashboard_db):
+    app = dashboard.create_app(make_cfg(), db_path=dashboard_db[0], testing=True)
+    plain = app.test_client()
+    assert "Secure" not in login(plain).headers["Set-Cookie"]
+    tls = app.test_client()
+    token = csrf_from(tls.get("/login", base_url="https://localhost").get_data(as_text=True))
+    r = tls.post("/login", data={"password": PASSWORD, "csrf_token": token, "lang": "en"},
+                 base_url="https://localhost")
+    cookies = r.headers.getlist("Set-Cookie")
+    assert r.status_code == 303 and len(cookies) == 2 and all("; Secure" in c for c in cookies), cookies
+
+
+# ---- static files ---------------------------------------------------------------------------------------
+
+def test_static_files_are_hashed_compressed_and_cached(authed):
+    html = authed.get("/").get_data(as_text=True)
+    urls = re.findall(r'"(/static/[^"?]+)\?v=([0-9a-f]{12})"', html)
+    names = {u.rsplit("/", 1)[-1] for u, _ in urls}
+    assert {"style.css", "common.js", "charts.js", "overview.js",
+            "lightweight-charts.standalone.production.js"} <= names
+    for url, digest in urls:
+        path = os.path.join(os.path.dirname(dashboard.__file__), url.lstrip("/"))
+        with open(path, "rb") as fh:
+            body = fh.read()
+        assert hashlib.sha256(body).hexdigest()[:12] == digest
+        r = authed.get(f"{url}?v={digest}", headers={"Accept-Encoding": "gzip, br"})
+        assert r.status_code == 200 and r.headers["Content-Encoding"] == "gzip"
+        assert gzip.decompress(r.data) == body and len(r.data) < len(body)
+        assert r.headers["Cache-Control"] == "private, max-age=31536000, immutable"
+        assert "Accept-Encoding" in r.headers["Vary"] and "nosniff" in r.headers["X-Content-Type-Options"]
+        plain = authed.get(url)
+        assert plain.data == body and "Content-Encoding" not in plain.headers
+        assert plain.headers["Cache-Control"] == "private, no-cache"  # no hash in the URL: revalidate
+        assert authed.get(url, headers={"If-None-Match": f'"{digest}"'}).status_code == 304
+    assert authed.get("/static/vendor/lightweight-charts/NOTICE").status_code == 200
+    for bad in ("/static/nope.js", "/static/../dashboard.py", "/static/%2e%2e/config.py", "/static/vendor"):
+        assert authed.get(bad).status_code == 404, bad
+
+
+def test_the_vendored_chart_library_matches_its_checksums_and_version():
+    """What tools/update-lightweight-charts.sh --check verifies, without a shell."""
+    folder = os.path.join(os.path.dirname(dashboard.__file__), "static", "vendor", "lightweight-charts")
+    with open(os.path.join(folder, "SHA256SUMS")) as fh:
+        sums = dict(reversed(line.split()) for line in fh if line.strip())
+    assert set(sums) == {"lightweight-charts.standalone.production.js", "LICENSE"}
+    for name, digest in sums.items():
+        with open(os.path.join(folder, name), "rb") as fh:
+            assert hashlib.sha256(fh.read()).hexdigest() == digest, name
+    with open(os.path.join(folder, "VERSION")) as fh:
+        meta = dict(line.split(" ", 1) for line in fh.read().splitlines())
+    assert re.fullmatch(r"\d+\.\d+\.\d+", meta["version"]) and meta["integrity"].startswith("sha512-")
+    with open(os.path.join(folder, "lightweight-charts.standalone.production.js"), encoding="utf-8") as fh:
+        head = fh.read(300)
+    assert f"Lightweight Charts™ v{meta['version']}" in head and "Apache License 2.0" in head
+    with open(os.path.join(folder, "LICENSE")) as fh:
+        assert "Apache License" in fh.read()
+
+
+# ---- the password rule beyond loopback ----------------------------------------------------------------
+
+@pytest.mark.parametrize("password", ["", "Qz", "   ", " " * 12, "shortPw9X", "  abcdefgXY  "])
+def test_a_weak_password_is_refused_beyond_loopback(password):
+    with pytest.raises(config.ConfigError) as err:
+        make_cfg(password=password, DASHBOARD_HOST="0.0.0.0")
+    assert "DASHBOARD_PASSWORD" in str(err.value) and "\n" not in str(err.value)
+    if password.strip():
+        assert password.strip() not in str(err.value)  # never echoed
+    assert make_cfg(password=password, DASHBOARD_HOST="127.0.0.1").DASHBOARD_HOST == "127.0.0.1"
+
+
+def test_a_weak_password_stops_the_dashboard_with_one_line(tmp_path, bollmin_cli):
+    from conftest import core_env
+
+    path = tmp_path / "cfg.py"
+    path.write_text("DASHBOARD_HOST = '::'\n")
+    r = bollmin_cli("dashboard", "--config", str(path), env=core_env(BOLLMIN_DASHBOARD_PASSWORD="1234"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1 and "at least 10 characters" in r.stderr and "1234" not in r.stderr
+    assert make_cfg(password="ten chars!", DASHBOARD_HOST="0.0.0.0").DASHBOARD_PASSWORD == "ten chars!"
+
+
+def test_config_shows_secrets_the_dashboard_was_not_given(dashboard_db):
+    app = dashboard.create_app(make_cfg().replace(API_KEY="", API_SECRET=""), db_path=dashboard_db[0], testing=True)
+    c = app.test_client()
+    assert login(c).status_code == 303
+    rows = c.get("/api/config").get_json()
+    assert rows["API_KEY"] == rows["API_SECRET"] == "（未提供给控制台）" and rows["DASHBOARD_PASSWORD"] == "***"
+    assert rows["NOTIFY_URLS"] == "（未提供给控制台）"

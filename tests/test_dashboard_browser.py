@@ -2,8 +2,10 @@
 
 Driven over the DevTools protocol (``websockets``): every request the page makes is recorded
 (``Network.requestWillBeSent``) and must go to 127.0.0.1; JS exceptions, console errors and CSP
-violations fail the test. Pages are measured at 360×740, 820×1180 and 1440×900 (no horizontal
-scrolling, chart painted) and screenshots are kept in ``artifacts/screenshots/``.
+violations fail the test. The overview (price chart with bands and fills, equity curve, PnL per
+day), the strategy lab and the alert banners are measured at 360×740, 820×1180 and 1440×900 (no
+horizontal scrolling, charts painted by Lightweight Charts) and screenshots are kept in
+``artifacts/screenshots/`` (git-ignored; CI keeps them as artifacts).
 
 Without Chromium these tests skip locally and FAIL when ``CI`` is set.
 """
@@ -22,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from urllib.parse import urlparse
 
@@ -310,11 +313,13 @@ def _backtest_db(tmp_path, dashboard_db_factory) -> str:
 
 
 class FakeBot(threading.Thread):
-    """Writes a heartbeat and a moving price every 0.5 s, like the running bot would."""
+    """Writes a heartbeat and a moving price every 0.5 s, like the running bot would (or, with
+    ``fresh_data=False``, only the heartbeat: a bot whose market data stopped)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, fresh_data: bool = True) -> None:
         super().__init__(daemon=True)
         self.path = path
+        self.fresh_data = fresh_data
         self.stop = threading.Event()
         self.price = None
 
@@ -328,39 +333,85 @@ class FakeBot(threading.Thread):
             n += 1
             self.price = round(base + n * 0.1, 1)
             now = store.now_ms()
+            values = {"heartbeat_ms": now, "last_message_ms": now, "price": self.price} if self.fresh_data else \
+                {"heartbeat_ms": now}
             with db.transaction():
-                db.set_status({"heartbeat_ms": now, "last_message_ms": now, "price": self.price})
+                db.set_status(values)
             self.stop.wait(0.5)
         db.close()
+
+
+# ---- what the page looks like, measured in the browser --------------------------------------------
+
+PAINTED = """((sel) => {
+    const cvs = [...document.querySelectorAll(sel + ' canvas')];
+    let painted = 0, pixels = 0;
+    for (const cv of cvs) {
+        if (!cv.width || !cv.height) continue;
+        const px = cv.getContext('2d').getImageData(0, 0, cv.width, cv.height).data;
+        pixels += cv.width * cv.height;
+        // Painted = differs from the canvas's corner pixel (its background, or transparent).
+        for (let i = 0; i < px.length; i += 4) {
+            if (px[i] !== px[0] || px[i + 1] !== px[1] || px[i + 2] !== px[2] || px[i + 3] !== px[3]) painted++;
+        }
+    }
+    const box = document.querySelector(sel);
+    return {canvases: cvs.length, painted, pixels, drawn: box ? +box.dataset.drawn : 0};
+})"""
+LAYOUT = """(() => ({scroll: document.documentElement.scrollWidth, inner: innerWidth,
+    cardsTooWide: [...document.querySelectorAll('.card')]
+        .filter(c => c.getBoundingClientRect().right > innerWidth + 0.5).map(c => c.id || c.className)}))()"""
+
+
+def painted(tab: Tab, selector: str) -> dict:
+    return tab.js(f"{PAINTED}({json.dumps(selector)})")
+
+
+def assert_fits(tab: Tab, width: int) -> None:
+    m = tab.js(LAYOUT)
+    assert m["scroll"] <= m["inner"], f"horizontal scrolling at {width}px: {m}"
+    assert m["cardsTooWide"] == [], m
+
+
+def banners(tab: Tab) -> list[dict]:
+    return tab.js("""[...document.querySelectorAll('#alerts .banner, .banners .banner:not(#banner-offline)')]
+        .filter(b => !b.hidden).map(b => ({kind: b.dataset.kind, level: b.className.replace('banner ', ''),
+        text: b.textContent, buttons: [...b.querySelectorAll('button')].map(x => x.textContent)}))""")
+
+
+def canvas_hash(tab: Tab, selector: str) -> str:
+    """A digest of what the chart's canvases show right now."""
+    import hashlib
+
+    urls = tab.js(f"[...document.querySelectorAll({json.dumps(selector + ' canvas')})].map(c => c.toDataURL())")
+    return hashlib.sha256("|".join(urls).encode()).hexdigest()
 
 
 # ---- tests ------------------------------------------------------------------------------------------
 
 def test_backtest_db_at_phone_tablet_and_desktop(browser, serve, tmp_path, dashboard_db_factory):
     db_path = _backtest_db(tmp_path, dashboard_db_factory)
+    import store
+
+    summary = json.loads(store.read_status(store.connect_readonly(db_path))["summary_json"])
     server = serve(db_path)
     tab = Tab(browser)
     try:
         for width, height in VIEWPORTS:
             tab.viewport(width, height)
             tab.goto(server.url + "/")
-            tab.until("document.body.dataset.updated && +document.getElementById('chart').dataset.drawn > 0"
+            tab.until("document.body.dataset.updated && +document.getElementById('price-chart').dataset.drawn > 0"
+                      " && +document.getElementById('equity-chart').dataset.drawn > 0"
                       " && document.getElementById('trade-rows').dataset.src === 'js'"
-                      " && document.getElementById('event-rows').dataset.src === 'js'", "data and chart")
-            m = tab.js("""(() => {
-                const cv = document.getElementById('chart');
-                const px = cv.getContext('2d').getImageData(0, 0, cv.width, cv.height).data;
-                let painted = 0;
-                for (let i = 3; i < px.length; i += 4) if (px[i]) painted++;
-                return {scroll: document.documentElement.scrollWidth, inner: innerWidth,
-                        painted, pixels: cv.width * cv.height, candles: +cv.dataset.drawn,
-                        cardsTooWide: [...document.querySelectorAll('.card')].filter(
-                            c => c.getBoundingClientRect().right > innerWidth + 0.5).length};
-            })()""")
-            assert m["scroll"] <= m["inner"], f"horizontal scrolling at {width}px: {m}"
-            assert m["cardsTooWide"] == 0, m
-            assert m["candles"] == 100, m
-            assert m["painted"] > m["pixels"] * 0.02, f"chart looks empty at {width}px: {m}"
+                      " && document.getElementById('event-rows').dataset.src === 'js'", "data and charts")
+            browser.pump(0.5)  # let the charts paint their next frame
+            assert_fits(tab, width)
+            price = painted(tab, "#price-chart")
+            assert price["drawn"] == 300 and price["canvases"] >= 2, price
+            assert price["painted"] > price["pixels"] * 0.05, f"price chart looks empty at {width}px: {price}"
+            for sel in ("#equity-chart", "#daily-chart"):
+                m = painted(tab, sel)
+                assert m["painted"] > m["pixels"] * 0.02, f"{sel} looks empty at {width}px: {m}"
             shot = tab.screenshot(f"dashboard-backtest-{width}x{height}.png")
             assert os.path.getsize(shot) > 10_000
             if width == 360:
@@ -368,18 +419,199 @@ def test_backtest_db_at_phone_tablet_and_desktop(browser, serve, tmp_path, dashb
         page = tab.js("""({state: document.getElementById('state-label').textContent,
             mode: document.getElementById('mode').textContent,
             bot: document.getElementById('bot-text').textContent,
-            backtestBanner: !document.getElementById('banner-backtest').hidden,
             xssText: [...document.querySelectorAll('#event-rows .msg')].some(
                 e => e.textContent.includes('<script>alert(1)</script>')),
             scripts: document.querySelectorAll('#event-rows script, #event-rows *[onerror]').length,
             trades: document.querySelectorAll('#trade-rows tr').length,
-            buttonsDisabled: [...document.querySelectorAll('form.ctl button')].every(b => b.disabled)})""")
-        assert page["mode"] == "BACKTEST" and page["backtestBanner"] and page["bot"] == "回测记录", page
+            equityTotal: document.getElementById('eq-paper').textContent,
+            buttonsDisabled: [...document.querySelectorAll('#controls form.ctl button')].every(b => b.disabled)})""")
+        assert page["mode"] == "BACKTEST" and page["bot"] == "回测记录", page
         from state import LABEL_ZH
 
         assert page["state"] in LABEL_ZH.values(), page
         assert page["xssText"] and page["scripts"] == 0, page
         assert page["trades"] == 20 and page["buttonsDisabled"], page
+        # The equity curve ends at the backtest's net PnL (realised PnL minus every fee paid).
+        assert page["equityTotal"] == f"{summary['net_pnl_usdt']:+,.2f} USDT", (page, summary)
+        kinds = {b["kind"] for b in banners(tab)}
+        assert "backtest" in kinds
+        assert ("backtest_loss" in kinds) == (summary["net_pnl_usdt"] < 0), (kinds, summary["net_pnl_usdt"])
+        tab.assert_clean()
+    finally:
+        tab.close()
+
+
+def test_price_chart_zooms_pans_and_shows_the_crosshair(browser, serve, dashboard_db_factory):
+    db_path, _ = dashboard_db_factory("bot.db")
+    server = serve(db_path)
+    tab = Tab(browser)
+    try:
+        tab.viewport(1440, 900)
+        tab.goto(server.url + "/")
+        tab.until("+document.getElementById('price-chart').dataset.drawn > 0", "the price chart")
+        browser.pump(0.5)
+        box = tab.js("(() => { const r = document.getElementById('price-chart').getBoundingClientRect();"
+                     " return {x: r.left, y: r.top, w: r.width, h: r.height}; })()")
+        default = tab.js("document.getElementById('chart-readout').textContent")
+        x, y = box["x"] + box["w"] * 0.3, box["y"] + box["h"] * 0.5
+
+        def mouse(kind: str, mx: float, my: float, **extra) -> None:
+            browser.call("Input.dispatchMouseEvent", {"type": kind, "x": mx, "y": my, **extra}, tab.session)
+
+        # Crosshair: hovering shows that candle's OHLC and bands, not the last one's.
+        mouse("mouseMoved", x, y)
+        tab.until(f"document.getElementById('chart-readout').textContent !== {json.dumps(default)}", "the readout")
+        hovered = tab.js("document.getElementById('chart-readout').textContent")
+        assert " O " in hovered and " UP " in hovered and hovered != default
+        def redrawn(old: str, what: str) -> str:
+            deadline = time.monotonic() + TIMEOUT
+            while (new := canvas_hash(tab, "#price-chart")) == old:
+                assert time.monotonic() < deadline, what
+                browser.pump(0.2)
+            return new
+
+        before = canvas_hash(tab, "#price-chart")
+        # Zoom: the mouse wheel rescales the time axis (the chart is redrawn).
+        mouse("mouseWheel", x, y, deltaX=0, deltaY=-600)
+        redrawn(before, "the wheel did not zoom the chart")
+        # Pan: dragging to the right brings earlier candles under the same point.
+        readout = "document.getElementById('chart-readout').textContent"
+        mouse("mouseMoved", x, y + 1)
+        browser.pump(0.3)
+        under = tab.js(readout)[:11]  # "MM-DD HH:MM" of the candle under the pointer
+        mouse("mousePressed", x, y, button="left", clickCount=1)
+        for i in range(1, 6):
+            mouse("mouseMoved", x + i * 40, y, button="left", buttons=1)
+        mouse("mouseReleased", x + 200, y, button="left", clickCount=1)
+        mouse("mouseMoved", x, y)
+        tab.until(f"{readout}.slice(0, 11) < {json.dumps(under)}", "earlier candles after dragging to the right")
+        tab.js("document.getElementById('chart-reset').click()")
+        browser.pump(0.3)
+        tab.screenshot("dashboard-chart-1440x900.png", full_page=False)
+        tab.assert_clean()
+    finally:
+        tab.close()
+
+
+def test_alert_banners_at_phone_tablet_and_desktop(browser, serve, dashboard_db_factory):
+    """A reconciliation mismatch, paused entries (resumable from the banner) and stale market data;
+    then the bot stops writing its heartbeat."""
+    import store
+
+    now = store.now_ms()
+    db_path, _ = dashboard_db_factory("alerts.db", status={"entries_paused": "1", "pause_reason": "3 rejected orders",
+                                                            "last_message_ms": now - 95_000,
+                                                            "connection": "reconnecting"})
+    db = store.Store(db_path)
+    db.add_event("CRITICAL", "RECONCILE (startup): stored state LONG (position 0.003) but the exchange holds "
+                 "nothing: adopting FLAT", now - 600_000)
+    db.close()
+    bot = FakeBot(db_path, fresh_data=False)
+    bot.start()
+    server = serve(db_path)
+    tab = Tab(browser)
+    try:
+        for width, height in VIEWPORTS:
+            tab.viewport(width, height)
+            tab.goto(server.url + "/")
+            tab.until("document.getElementById('alerts').dataset.src === 'js'", "the alerts")
+            shown = banners(tab)
+            kinds = [b["kind"] for b in shown]
+            assert kinds[:2] == ["stale", "reconcile"] and "paused" in kinds, shown
+            stale = shown[0]
+            assert stale["level"] == "bad" and "行情数据已" in stale["text"] and "重连中" in stale["text"], stale
+            assert "RECONCILE (startup)" in shown[1]["text"] and "知道了" in shown[1]["buttons"]
+            paused = next(b for b in shown if b["kind"] == "paused")
+            assert "3 rejected orders" in paused["text"] and paused["buttons"] == ["恢复开仓"], paused
+            assert_fits(tab, width)
+            tab.screenshot(f"dashboard-alerts-{width}x{height}.png", full_page=False)
+        # Resume from the banner: confirm, then a command for the bot.
+        tab.js("setTimeout(() => document.querySelector('#alerts [data-kind=paused] button').click(), 0)")
+        dialog = browser.wait_event("Page.javascriptDialogOpening", tab.session)
+        assert dialog["type"] == "confirm"
+        browser.call("Page.handleJavaScriptDialog", {"accept": True}, tab.session)
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            with sqlite3.connect(db_path) as conn:
+                rows = conn.execute("SELECT command, status FROM commands").fetchall()
+            if rows or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert rows == [("resume", "pending")]
+        # Dismissing the reconciliation alert keeps it away after a reload.
+        tab.js("document.querySelector('#alerts [data-kind=reconcile] button.dismiss').click()")
+        tab.goto(server.url + "/")
+        tab.until("document.getElementById('alerts').dataset.src === 'js'", "the alerts again")
+        assert "reconcile" not in [b["kind"] for b in banners(tab)]
+        # The bot stops: its heartbeat ages and the page says so.
+        bot.stop.set()
+        bot.join(10)
+        tab.until("[...document.querySelectorAll('#alerts .banner')].some(b => b.dataset.kind === 'dead')",
+                  "the heartbeat alert")
+        dead = next(b for b in banners(tab) if b["kind"] == "dead")
+        assert dead["level"] == "bad" and "心跳已停止" in dead["text"]
+        tab.screenshot("dashboard-alert-dead-1440x900.png", full_page=False)
+        dialogs = tab.mine("Page.javascriptDialogOpening")
+        assert dialogs == []  # wait_event consumed the expected one
+        tab.assert_clean()
+    finally:
+        bot.stop.set()
+        tab.close()
+
+
+def test_strategy_lab_at_phone_tablet_and_desktop(browser, serve, dashboard_db_factory):
+    from conftest import add_sweep
+
+    db_path, _ = dashboard_db_factory("bot.db")
+    sweep = add_sweep(db_path)  # into lab.db beside it, where the dashboard finds it
+    server = serve(db_path)
+    tab = Tab(browser)
+    try:
+        for width, height in VIEWPORTS:
+            tab.viewport(width, height)
+            tab.goto(server.url + "/lab")
+            tab.until("+document.getElementById('lab-chart').dataset.drawn > 0", "the equity curves")
+            browser.pump(0.5)
+            assert_fits(tab, width)
+            m = painted(tab, "#lab-chart")
+            assert m["drawn"] == 6 and m["painted"] > m["pixels"] * 0.01, m
+            page = tab.js("""({cells: document.querySelectorAll('table.heat td a').length,
+                rows: document.querySelectorAll('table.rank tbody tr').length,
+                current: document.querySelectorAll('table.heat td.current').length,
+                legend: document.querySelectorAll('#lab-legend li').length})""")
+            # 3 periods x 4 k; the ranking lists every set; the running parameters (20, 2.0) are marked.
+            assert page == {"cells": 12, "rows": 12, "current": 1, "legend": 6}, page
+            tab.screenshot(f"lab-{width}x{height}.png")
+        kinds = [b["kind"] for b in banners(tab)]
+        nets = [r[3] for r in sweep["results"]]
+        current = next(r for r in sweep["results"] if r[1:3] == (20, 2.0))
+        assert ("all_lost" in kinds) == (max(nets) <= 0), (kinds, nets)
+        # The running set is looked at first; its loss is the alert every page shows.
+        assert ("params_loss" in kinds) == (current[3] < 0) and "set_loss" not in kinds, (kinds, current)
+        # A click on a ranking row opens that set: its curve is drawn and its loss is named.
+        worst = min(sweep["results"], key=lambda r: r[3])
+        tab.js(f"document.querySelector('table.rank tbody tr[data-id=\"{worst[0]}\"] td:first-child').click()")
+        tab.until(f"location.search.includes('set={worst[0]}') && document.readyState === 'complete'"
+                  " && +document.getElementById('lab-chart').dataset.drawn > 0", "the chosen set")
+        assert str(worst[0]) in tab.js("document.getElementById('lab-chart').dataset.ids").split(",")
+        text = next(b["text"] for b in banners(tab) if b["kind"] == "set_loss")
+        assert f"周期 {worst[1]}" in text and f"{worst[3]:+,.2f}" in text, text
+        tab.assert_clean()
+    finally:
+        tab.close()
+
+
+def test_lab_without_results_says_how_to_get_them(browser, serve, dashboard_db_factory):
+    db_path, _ = dashboard_db_factory("bot.db")
+    server = serve(db_path)
+    tab = Tab(browser)
+    try:
+        tab.viewport(360, 740)
+        tab.goto(server.url + "/lab")
+        tab.until("document.body.dataset.updated", "the page")
+        assert "sweep --klines" in tab.js("document.getElementById('lab-empty').textContent")
+        assert_fits(tab, 360)
+        tab.screenshot("lab-empty-360x740.png", full_page=False)
         tab.assert_clean()
     finally:
         tab.close()
@@ -394,7 +626,7 @@ def test_live_bot_refreshes_controls_and_english(browser, serve, dashboard_db_fa
     try:
         tab.viewport(360, 740)
         tab.goto(server.url + "/")
-        tab.until("document.body.dataset.updated && +document.getElementById('chart').dataset.drawn > 0",
+        tab.until("document.body.dataset.updated && +document.getElementById('price-chart').dataset.drawn > 0",
                   "the first status")
         assert tab.js("document.getElementById('bot-text').textContent") == "运行中"
         # The price moves without a page reload.
@@ -407,7 +639,7 @@ def test_live_bot_refreshes_controls_and_english(browser, serve, dashboard_db_fa
 
         # "Pause entries": confirm dialog, then a CSRF-protected POST queues the command.
         # (clicked from a timer: confirm() blocks the page, and so would a synchronous evaluate)
-        tab.js("setTimeout(() => document.querySelector('form.ctl[data-cmd=pause] button').click(), 0)")
+        tab.js("setTimeout(() => document.querySelector('#controls form.ctl[data-cmd=pause] button').click(), 0)")
         dialog = browser.wait_event("Page.javascriptDialogOpening", tab.session)
         assert dialog["type"] == "confirm"
         browser.call("Page.handleJavaScriptDialog", {"accept": True}, tab.session)
@@ -427,7 +659,8 @@ def test_live_bot_refreshes_controls_and_english(browser, serve, dashboard_db_fa
         db.set_status({"entries_paused": "1", "pause_reason": "dashboard"})
         db.close()
         tab.until("document.getElementById('commands').textContent.includes('已完成')"
-                  " && !document.getElementById('paused').hidden", "the command done")
+                  " && !document.getElementById('paused').hidden"
+                  " && !!document.querySelector('#alerts [data-kind=paused]')", "the command done")
 
         # English, remembered across a fresh navigation.
         tab.js("document.getElementById('lang').click()")
@@ -436,11 +669,12 @@ def test_live_bot_refreshes_controls_and_english(browser, serve, dashboard_db_fa
         tab.until("document.body.dataset.updated", "status in English")
         assert tab.js("document.getElementById('h-state').textContent") == "Strategy state"
         assert tab.js("document.getElementById('bot-text').textContent") == "Running"
+        assert "New entries are paused: dashboard" in tab.js("document.getElementById('alerts').textContent")
         tab.viewport(1440, 900)
-        tab.until("+document.getElementById('chart').dataset.drawn > 0", "chart")
+        tab.until("+document.getElementById('price-chart').dataset.drawn > 0", "chart")
         tab.js("window.dispatchEvent(new Event('resize'))")
         browser.pump(0.5)
-        assert tab.js("document.documentElement.scrollWidth <= innerWidth")
+        assert_fits(tab, 1440)
         tab.screenshot("dashboard-bot-en-1440x900.png")
         browser.call("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "dark"}]},
                      tab.session)
@@ -476,6 +710,14 @@ def test_login_form_in_browser(browser, serve, dashboard_db_factory):
         cookies = browser.call("Network.getCookies", session=tab.session)["cookies"]
         session_cookie = [c for c in cookies if c["name"] == "bollmin_session"][0]
         assert session_cookie["httpOnly"] and session_cookie["sameSite"] == "Strict"
+        assert not session_cookie["secure"]  # plain http on loopback; over TLS it is Secure
+        # Signing out ends the session on the server: the same cookie no longer opens anything.
+        tab.js("document.querySelector('form[action=\"/logout\"]').submit()")
+        tab.until("location.pathname === '/login'", "the login page after signing out")
+        header = {"Cookie": f"bollmin_session={session_cookie['value']}"}
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            urllib.request.urlopen(urllib.request.Request(server.url + "/api/status", headers=header), timeout=10)
+        assert denied.value.code == 401
         # The 401 of the wrong password is a logged resource error; everything else must be clean.
         tab.dt.events = [m for m in tab.dt.events if not (m.get("method") == "Log.entryAdded"
                                                           and "401" in m["params"]["entry"].get("text", ""))]
@@ -491,8 +733,9 @@ def test_waiting_page_turns_live_when_the_bot_starts(browser, serve, tmp_path, d
     try:
         tab.viewport(360, 740)
         tab.goto(server.url + "/")
-        tab.until("document.body.dataset.updated", "the first status")
-        page = tab.js("""({waiting: !document.getElementById('banner-waiting').hidden,
+        tab.until("document.body.dataset.updated && document.getElementById('alerts').dataset.src === 'js'",
+                  "the first status")
+        page = tab.js("""({waiting: !!document.querySelector('#alerts [data-kind=waiting]'),
             bot: document.getElementById('bot-text').textContent,
             empty: !document.getElementById('chart-empty').hidden,
             scroll: document.documentElement.scrollWidth <= innerWidth})""")
@@ -503,8 +746,9 @@ def test_waiting_page_turns_live_when_the_bot_starts(browser, serve, tmp_path, d
         made, _ = dashboard_db_factory("made.db")
         shutil.copy(made, db_path)
         tab.js("window.__same_page = 1")
-        tab.until("document.getElementById('banner-waiting').hidden && +document.getElementById('chart').dataset.drawn"
-                  " === 100 && document.getElementById('state-label').textContent === '持有空仓'", "the bot's data")
+        tab.until("!document.querySelector('#alerts [data-kind=waiting]')"
+                  " && +document.getElementById('price-chart').dataset.drawn === 300"
+                  " && document.getElementById('state-label').textContent === '持有空仓'", "the bot's data")
         assert tab.js("window.__same_page") == 1
         tab.assert_clean()
     finally:

@@ -105,7 +105,8 @@ def test_bot_unit_contract():
     assert s["WatchdogSec"] == ["120"]
     assert s["RestartPreventExitStatus"] == ["2 3"]  # bad config / refused account: never a restart loop
     assert s["Restart"] == ["on-failure"]  # replaced by the AUTO_RESTART drop-in
-    assert s["EnvironmentFile"] == ["/etc/bollmin/bollmin.env"]
+    # Its own secrets, and the dashboard password (the config check covers the dashboard rule too).
+    assert s["EnvironmentFile"] == ["/etc/bollmin/bollmin.env", "-/etc/bollmin/dashboard.env"]
     assert s["ExecStart"] == [
         "/opt/bollmin/venv/bin/python /opt/bollmin/bollmin.py run --config /etc/bollmin/config.py"]
     assert s["StateDirectory"] == ["bollmin"] and s["LogsDirectory"] == ["bollmin"]
@@ -115,9 +116,19 @@ def test_bot_unit_contract():
 def test_dashboard_unit_contract():
     s = unit_settings("bollmin-dashboard.service")
     assert s["User"] == ["bollmin"] and s["NoNewPrivileges"] == ["true"]
+    assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["main"]  # READY=1 once it listens
     assert s["ExecStart"] == [
         "/opt/bollmin/venv/bin/python /opt/bollmin/bollmin.py dashboard --config /etc/bollmin/config.py"]
     assert s["RestartPreventExitStatus"] == ["2"]
+    # No exchange keys: not in its environment, the bot's secrets file not even visible, and the bot's
+    # process (with its environment) out of reach in another user namespace.
+    assert s["EnvironmentFile"] == ["/etc/bollmin/dashboard.env"]
+    assert s["InaccessiblePaths"] == ["-/etc/bollmin/bollmin.env"]
+    assert s["PrivateUsers"] == ["true"] and s["ProtectProc"] == ["invisible"]
+    # It never slows trading: lower CPU and IO priority than the bot, bounded memory and tasks.
+    assert s["CPUSchedulingPolicy"] == ["idle"] and s["Nice"] == ["10"]
+    assert s["CPUWeight"] == ["20"] and s["IOWeight"] == ["20"]
+    assert s["MemoryMax"] and s["TasksMax"] == ["64"]
     # psutil reads /proc/stat, /proc/meminfo for the server's CPU and memory: no ProcSubset=pid here.
     assert "ProcSubset" not in s
 

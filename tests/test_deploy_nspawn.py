@@ -8,14 +8,18 @@ as root the way the README says. Asserted, in order:
    status and journal.
 2. First deploy (python3-venv missing as on a fresh server, so apt-get installs it): user
    bollmin (nologin, system), code, venv, config from the default with the server paths,
-   secrets 0640 root:bollmin, units verified and scored by systemd itself, both services
-   active as bollmin with NoNewPrivs, a fresh heartbeat, the dashboard URL. (The sdnotify
+   secrets 0640 root:bollmin (the bot's and the dashboard's apart), units verified and scored by
+   systemd itself, both services active as bollmin with NoNewPrivs (the dashboard Type=notify, in
+   the idle scheduling class at nice 10), a fresh heartbeat, the dashboard URL. (The sdnotify
    check, 3., runs first.)
 3. sdnotify against the real systemd: READY accepted, WATCHDOG feeds keep a unit alive, a
    starved watchdog kills it.
 4. Edit config (point at simexchange inside the container) and secrets, re-deploy: both kept
    byte for byte, settings new in this version listed; the bot trades in paper mode; the
-   dashboard answers on loopback and demands the password; re-deploy again: data kept.
+   dashboard answers on loopback and demands the password, and has no way to the exchange keys
+   (not in its environment, the bot's secrets file hidden, the bot's process in another user
+   namespace); re-deploy again: data kept. An older install's single secrets file is split on
+   update.
 5. The watchdog kills a bot whose market data went stale, and systemd restarts it.
 6. ``kill -9``: restarted when AUTO_RESTART = True, left down when False (after ``restart``).
 7. A bad config: ``restart`` refuses with one line and leaves the bot running; started anyway,
@@ -49,6 +53,7 @@ DEPLOY = f"{SRC}/auto_deploy.sh"
 INSTALLED = "/opt/bollmin/auto_deploy.sh"
 CONF = "/etc/bollmin/config.py"
 ENV = "/etc/bollmin/bollmin.env"
+WEB_ENV = "/etc/bollmin/dashboard.env"
 DB = "/var/lib/bollmin/bollmin.db"
 VENV_PY = "/opt/bollmin/venv/bin/python"
 KLINES = f"{SRC}/marketdata/btcusdt_um_1m_2025-05.csv.gz"
@@ -221,10 +226,12 @@ def _lifecycle(box):
     res = deploy(box)
     out = res.stdout + res.stderr
     assert "installing python3-venv (apt-get)" in out
-    generated = re.search(r"^BOLLMIN_DASHBOARD_PASSWORD=(\S+)$", box.path(ENV).read_text(), re.M).group(1)
+    generated = re.search(r"^BOLLMIN_DASHBOARD_PASSWORD=(\S+)$", box.path(WEB_ENV).read_text(), re.M).group(1)
     assert len(generated) >= 16
     no_secrets(out, generated)
     assert "created /etc/bollmin/config.py" in out and "created /etc/bollmin/bollmin.env" in out
+    assert "created /etc/bollmin/dashboard.env" in out
+    assert "BOLLMIN_DASHBOARD_PASSWORD" not in box.path(ENV).read_text()  # the dashboard's secret is apart
     assert "bot: active, heartbeat" in out
     # Binance is usually unreachable from CI: a warning, not a failure.
     assert "market data: connected" in out or "WARNING: market data is not flowing yet" in out
@@ -232,11 +239,12 @@ def _lifecycle(box):
 
     user = box.run("getent", "passwd", "bollmin").stdout.strip().split(":")
     assert user[6] in ("/usr/sbin/nologin", "/sbin/nologin") and int(user[2]) < 1000, user
-    modes = box.run("stat", "-c", "%n %U:%G %a", "/etc/bollmin", CONF, ENV, "/var/lib/bollmin", "/var/log/bollmin",
-                    "/opt/bollmin", "/opt/bollmin/bollmin.py").stdout.split("\n")
-    assert modes[:7] == ["/etc/bollmin root:bollmin 750", f"{CONF} root:bollmin 640", f"{ENV} root:bollmin 640",
-                         "/var/lib/bollmin bollmin:bollmin 750", "/var/log/bollmin bollmin:bollmin 750",
-                         "/opt/bollmin root:root 755", "/opt/bollmin/bollmin.py root:root 644"], modes
+    modes = box.run("stat", "-c", "%n %U:%G %a", "/etc/bollmin", CONF, ENV, WEB_ENV, "/var/lib/bollmin",
+                    "/var/log/bollmin", "/opt/bollmin", "/opt/bollmin/bollmin.py").stdout.split("\n")
+    assert modes[:8] == ["/etc/bollmin root:bollmin 750", f"{CONF} root:bollmin 640", f"{ENV} root:bollmin 640",
+                         f"{WEB_ENV} root:bollmin 640", "/var/lib/bollmin bollmin:bollmin 750",
+                         "/var/log/bollmin bollmin:bollmin 750", "/opt/bollmin root:root 755",
+                         "/opt/bollmin/bollmin.py root:root 644"], modes
     conf = box.path(CONF).read_text()
     assert "\nDB_PATH = '/var/lib/bollmin/bollmin.db'\n" in conf
     assert "\nLOG_FILE = '/var/log/bollmin/bollmin.log'\n" in conf
@@ -259,6 +267,10 @@ def _lifecycle(box):
     print("systemd-analyze security inside the container:", scores)
     assert set(scores) == {"bollmin.service", "bollmin-dashboard.service"}
     assert all(float(v) <= 1.5 for v in scores.values()), scores
+    web = show(box, "bollmin-dashboard", "Type", "NotifyAccess", "MainPID")
+    assert web["Type"] == "notify" and web["NotifyAccess"] == "main", web
+    stat = box.run("cat", f"/proc/{web['MainPID']}/stat").stdout.rsplit(")", 1)[1].split()
+    assert int(stat[16]) == 10 and int(stat[38]) == 5, "the dashboard does not run at nice 10 in SCHED_IDLE (5)"
     bot = show(box, "bollmin", "Type", "NotifyAccess", "WatchdogUSec", "Restart", "StatusText")
     assert bot["Type"] == "notify" and bot["NotifyAccess"] == "main" and bot["WatchdogUSec"] == "2min", bot
     assert bot["Restart"] == "on-failure" and bot["StatusText"], bot  # STATUS= from the bot arrived
@@ -278,17 +290,20 @@ def _lifecycle(box):
     env = box.path(ENV).read_text()
     env = env.replace("BINANCE_API_KEY=\n", f"BINANCE_API_KEY={API_KEY}\n")
     env = env.replace("BINANCE_API_SECRET=\n", f"BINANCE_API_SECRET={API_SECRET}\n")
-    env = env.replace(f"BOLLMIN_DASHBOARD_PASSWORD={generated}\n", f"BOLLMIN_DASHBOARD_PASSWORD={DASH_PASSWORD}\n")
     box.path(ENV).write_text(env)
+    web_env = box.path(WEB_ENV).read_text()
+    box.path(WEB_ENV).write_text(web_env.replace(f"BOLLMIN_DASHBOARD_PASSWORD={generated}\n",
+                                                 f"BOLLMIN_DASHBOARD_PASSWORD={DASH_PASSWORD}\n"))
     # Pretend the installed (previous) version did not know RECONCILE_RULE yet: the update must
     # list it as new; MAX_ORDER_REJECTS, which the user deleted on purpose, is not news.
     with open(box.path("/opt/bollmin/config.py"), "a") as f:
         f.write('\nSETTINGS = tuple(s for s in SETTINGS if s.name != "RECONCILE_RULE")\n')
-    before = {CONF: sha(box, CONF), ENV: sha(box, ENV)}
+    before = {CONF: sha(box, CONF), ENV: sha(box, ENV), WEB_ENV: sha(box, WEB_ENV)}
     res = deploy(box)
     out = res.stdout + res.stderr
     no_secrets(out, API_KEY, API_SECRET, DASH_PASSWORD)
-    assert {CONF: sha(box, CONF), ENV: sha(box, ENV)} == before, "the update changed config or secrets"
+    assert {CONF: sha(box, CONF), ENV: sha(box, ENV), WEB_ENV: sha(box, WEB_ENV)} == before, \
+        "the update changed config or secrets"
     assert "settings new in this version" in out
     assert re.search(r"^    RECONCILE_RULE = 'exchange'", out, re.M)
     assert "MAX_ORDER_REJECTS" not in out
@@ -317,13 +332,42 @@ def _lifecycle(box):
     listening = box.run("cat", "/proc/net/tcp").stdout  # 0100007F = 127.0.0.1, state 0A = LISTEN
     assert re.search(rf"0100007F:{dash_port:04X} 00000000:0000 0A", listening), "dashboard not on loopback"
 
+    step("the dashboard has no way to the exchange keys")
+    bot_pid = show(box, "bollmin", "MainPID")["MainPID"]
+    web_pid = show(box, "bollmin-dashboard", "MainPID")["MainPID"]
+    assert API_KEY in box.run("cat", f"/proc/{bot_pid}/environ").stdout  # the bot has them ...
+    web_environ = box.run("cat", f"/proc/{web_pid}/environ").stdout
+    assert API_KEY not in web_environ and API_SECRET not in web_environ  # ... its neighbour does not
+    assert DASH_PASSWORD in web_environ
+    # The bot's secrets file does not exist in the dashboard's view of the file system.
+    hidden = box.run("cat", f"/proc/{web_pid}/root{ENV}", check=False)
+    assert API_KEY not in hidden.stdout, "the dashboard's unit can read bollmin.env"
+    # Each unit has a user namespace of its own: from inside the dashboard's (even as its root), the bot's
+    # environment is out of reach, while the dashboard's own is readable there (the check itself works).
+    in_web = ["nsenter", f"--target={web_pid}", "--user", "--mount", "--preserve-credentials", "--"]
+    res = box.run(*in_web, "cat", f"/proc/{bot_pid}/environ", check=False)
+    assert res.returncode != 0 and API_KEY not in res.stdout, res
+    assert DASH_PASSWORD in box.run(*in_web, "cat", f"/proc/{web_pid}/environ").stdout
+
     step("re-deploy keeps the data")
     db_id = status_row(box)["db_id"]
     trades = sql(box, "SELECT id, client_order_id, price FROM trades ORDER BY id")
     deploy(box)
     assert status_row(box)["db_id"] == db_id
     assert sql(box, "SELECT id, client_order_id, price FROM trades ORDER BY id")[:len(trades)] == trades
-    assert {CONF: sha(box, CONF), ENV: sha(box, ENV)} == before
+    assert {CONF: sha(box, CONF), ENV: sha(box, ENV), WEB_ENV: sha(box, WEB_ENV)} == before
+
+    step("an older install's single secrets file is split on update")
+    box.path(ENV).write_text(box.path(ENV).read_text() + f"BOLLMIN_DASHBOARD_PASSWORD={DASH_PASSWORD}\n")
+    box.path(WEB_ENV).unlink()
+    res = deploy(box, "restart")
+    assert f"moved the dashboard password from {ENV} to {WEB_ENV}" in res.stdout
+    no_secrets(res.stdout + res.stderr, API_KEY, API_SECRET, DASH_PASSWORD)
+    assert f"BOLLMIN_DASHBOARD_PASSWORD={DASH_PASSWORD}\n" in box.path(WEB_ENV).read_text()
+    assert not re.search(r"^BOLLMIN_DASHBOARD_PASSWORD=", box.path(ENV).read_text(), re.M)
+    assert f"BINANCE_API_KEY={API_KEY}\n" in box.path(ENV).read_text()
+    assert http(box, f"{base}/api/status", DASH_PASSWORD)[0] == 200
+    before = {CONF: sha(box, CONF), ENV: sha(box, ENV), WEB_ENV: sha(box, WEB_ENV)}
 
     # -- 5. the watchdog: fed while data flows, starved when it stops ------------------------
     step("watchdog on stale market data")
@@ -431,7 +475,7 @@ def _lifecycle(box):
     assert not box.path("/etc/systemd/system/bollmin.service").exists()
     assert not box.path("/etc/systemd/system/bollmin.service.d").exists()
     assert box.run("systemctl", "cat", "bollmin.service", check=False).returncode != 0
-    assert {CONF: sha(box, CONF), ENV: sha(box, ENV)} == before
+    assert {CONF: sha(box, CONF), ENV: sha(box, ENV), WEB_ENV: sha(box, WEB_ENV)} == before
     assert sql(box, "SELECT count(*) FROM trades") == trades
     assert box.run("getent", "passwd", "bollmin", check=False).returncode == 0
     assert box.run("pgrep", "-u", "bollmin", check=False).returncode == 1
