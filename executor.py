@@ -130,7 +130,7 @@ class Executor:
 
     def __init__(self, exchange: Exchange, driver: OrderDriver, ledger: Ledger, bot: Bot, settings: Settings, *,
                  post_status: Callable[..., None], sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, notifier: Any = None) -> None:
         self.exchange = exchange
         self.driver = driver
         self.ledger = ledger
@@ -139,6 +139,7 @@ class Executor:
         self.post = post_status   # run a store write on the priority lane without waiting
         self.sleep = sleep
         self.clock = clock
+        self.notifier = notifier  # notify.Notifier (never raises, never blocks) or None
         self.prefix = f"bm-{settings.db_id}-"
         self.rejects = 0
         self.busy = False
@@ -376,6 +377,9 @@ class Executor:
         self.ledger.qty, self.ledger.entry_price = qty, (entry if qty else 0.0)
         self.post(_write_reconciliation, why, held, qty, entry, before, target, self.settings.reconcile_rule,
                   ledger_status(self.ledger))
+        if self.notifier is not None:
+            self.notifier.reconcile(why=why, stored_qty=held, exchange_qty=qty, exchange_entry_price=entry or None,
+                                    adopted_state=target.value, rule=self.settings.reconcile_rule)
         if self.bot.state is not target:
             self.bot.adopt_state(target, "reconcile", f"exchange position {qty}")
         if self.settings.reconcile_rule == "pause":

@@ -42,17 +42,49 @@ def status_values(bot: Any) -> dict[str, Any]:
     }
 
 
+class DataWatch:
+    """Market data lost for longer than ``limit_s`` (once per outage), and its return. Pure: fed
+    the wall time of the last market message (0 before the first) and the time now."""
+
+    def __init__(self, limit_s: float, started_wall: float) -> None:
+        self.limit_s, self.started_wall = limit_s, started_wall
+        self.down_since: float | None = None
+
+    def check(self, last_message_wall: float, now: float) -> tuple[str, float] | None:
+        """("lost", seconds silent) when an outage begins, ("restored", seconds down) when it ends."""
+        silent = now - (last_message_wall or self.started_wall)
+        if self.down_since is None and silent > self.limit_s:
+            self.down_since = now - silent
+            return "lost", silent
+        if self.down_since is not None and silent < self.limit_s:
+            down, self.down_since = now - self.down_since - silent, None
+            return "restored", down
+        return None
+
+
 async def heartbeat(bot: Any, period_s: float = 1.0) -> None:
-    """Write the status row every ``period_s`` and pet systemd's watchdog while data is fresh."""
+    """Write the status row every ``period_s``, pet systemd's watchdog while data is fresh, and
+    say (notifications) when market data has been lost for longer than WS_STALL_SECONDS."""
     dog_every = sdnotify.watchdog_period()
     last_dog = 0.0
+    watch = DataWatch(bot.cfg.WS_STALL_SECONDS, time.time())
     while not bot.stopping.is_set():
         try:
             bot.writer.post(db.Store.set_status, status_values(bot))
-            fresh = time.time() - bot.feed.last_message_wall < bot.cfg.WS_STALL_SECONDS
+            now = time.time()
+            fresh = now - bot.feed.last_message_wall < bot.cfg.WS_STALL_SECONDS
             if dog_every and fresh and time.monotonic() - last_dog >= dog_every:
                 sdnotify.notify("WATCHDOG=1")
                 last_dog = time.monotonic()
+            change = watch.check(bot.feed.last_message_wall, now)
+            if change is not None:
+                kind, seconds = change
+                if kind == "lost":
+                    log.error("no market data for %.0f s (connection: %s)", seconds, bot.connection)
+                    bot.notifier.data_lost(silent_s=seconds, connection=bot.connection)
+                else:
+                    log.info("market data is back after %.0f s", seconds)
+                    bot.notifier.data_restored(down_s=seconds)
         except Exception:
             log.exception("heartbeat failed")
         await bot.pause_unless_stopping(period_s)

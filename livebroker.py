@@ -84,6 +84,7 @@ class OrderDriver:
     def __init__(self, exchange: Exchange, submit: Submit, post: Post, ledger: Ledger, *, symbol: str,
                  on_event: Callable[[str, str], None] | None = None,
                  on_rate_limit: Callable[[ApiError], None] | None = None,
+                 notifier: Any = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.exchange = exchange
         self.submit = submit
@@ -92,6 +93,7 @@ class OrderDriver:
         self.symbol = symbol
         self.event = on_event or (lambda level, msg: log.log(getattr(logging, level), "%s", msg))
         self.on_rate_limit = on_rate_limit or (lambda err: None)
+        self.notifier = notifier  # notify.Notifier (never raises, never blocks) or None
         self.sleep = sleep
         # What the user-data stream said, kept only as long as it can matter (bounded: an order's
         # commission that never arrives is forgotten after MAX_REMEMBERED newer orders).
@@ -232,6 +234,10 @@ class OrderDriver:
         self._pushed.pop(cid, None)
         self.event("INFO", f"{intent.action.value} {qty} {self.symbol} @ {price} ({intent.reason.value}) "
                            f"filled, order {order_id}, fee {fee:.4f} USDT")
+        if self.notifier is not None:
+            self.notifier.fill(action=intent.action.value, reason=intent.reason.value, qty=qty, price=price,
+                               paper=False, fee_usdt=fee, realized_pnl_usdt=pnl if intent.action.closes else None,
+                               client_order_id=cid)
         return LegResult(intent, OrderStatus.FILLED, price, qty, fee, pnl, order_id=order_id, exchange_time_ms=when)
 
     async def _record_failure(self, intent: Intent, status: OrderStatus, err: ApiError) -> LegResult:
@@ -240,6 +246,10 @@ class OrderDriver:
         self._pushed.pop(intent.client_order_id, None)
         self.event("ERROR", f"{intent.action.value} {intent.qty} {self.symbol} ({intent.reason.value}) "
                             f"{status}: {err}")
+        if self.notifier is not None:
+            self.notifier.rejected(action=intent.action.value, reason=intent.reason.value, qty=float(intent.qty),
+                                   code=err.code, message=f"{status}: {err.message}",
+                                   client_order_id=intent.client_order_id)
         return LegResult(intent, status, error=err)
 
     # ---- the user-data stream --------------------------------------------------------------------

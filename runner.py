@@ -35,6 +35,7 @@ from typing import Any
 
 import psutil
 
+import notify
 import sdnotify
 import startup
 import store as db
@@ -78,6 +79,7 @@ class Bot:
         self.step_ms = interval_ms(cfg.INTERVAL)
         self.writer = db.Writer(cfg.DB_PATH)
         self.exit_code = EXIT_OK
+        self.stop_reason = ""
         self.events = EventsHandler(self.writer)
         add_log_handler(self.events)
         status = self._call_sync(lambda s: db.read_status(s.conn))
@@ -95,6 +97,10 @@ class Bot:
                                          [c.close for c in closes], closes[-1].open_time_ms if closes else None)
         self.paused = status.get("entries_paused") == "1"
         self.pause_reason = status.get("pause_reason") or ""
+        # The last run wrote "stopped" when it ended; anything else means it was killed or the machine died.
+        self.previous_run_ended = status.get("connection") in (None, "stopped")
+        self.summary_day_ms = int(status.get("daily_summary_day_ms") or notify.previous_utc_day(db.now_ms()))
+        self.notifier = notify.Notifier(cfg, mode=env("BOLLMIN_MODE_LABEL") or None)
         self.banned_until = 0.0  # time.monotonic() until which a 418 IP ban blocks new entries
         self.connection = "starting"
         self.stopping = asyncio.Event()
@@ -120,7 +126,7 @@ class Bot:
     def _db_damaged(self, message: str) -> None:
         """The DB broke while running (writer thread): stop with exit 2, never trade unrecorded."""
         log.critical("%s; stopping: nothing can be recorded any more", message)
-        self.exit_code = EXIT_USAGE
+        self.exit_code, self.stop_reason = EXIT_USAGE, message
         self._loop.call_soon_threadsafe(self.request_stop)
 
     def _call_sync(self, fn):
@@ -170,6 +176,7 @@ class Bot:
         self.paused, self.pause_reason = True, reason
         log.error("new entries paused: %s", reason)
         self.writer.post(db.Store.set_status, {"entries_paused": 1, "pause_reason": reason})
+        self.notifier.paused(reason)
 
     def resume(self) -> None:
         self.paused, self.pause_reason = False, ""
@@ -193,6 +200,7 @@ class Bot:
             self.banned_until = max(self.banned_until, time.monotonic() + seconds)
             log.critical("the exchange BANNED this IP for %.0f s (HTTP 418: too many requests): no new entries "
                          "until then; closes wait for the ban to end", seconds)
+            self.notifier.paused(f"IP banned by the exchange for {seconds:.0f} s (HTTP 418)")
 
     # ---- market events ---------------------------------------------------------------------------
     def dispatch(self, event: Trade | KlineClose | Connection) -> None:
@@ -298,6 +306,7 @@ class Bot:
             for f in fills:
                 log.info("paper %s %s %s @ %s (%s), fee %.4f USDT", f.action, f.qty, self.cfg.SYMBOL, f.price,
                          f.reason, f.fee_usdt)
+                self._notify_paper_fill(f)
         else:
             if timing.ON:
                 timing.mark("decided", tr.time_ms)
@@ -331,6 +340,8 @@ class Bot:
             fills, _ = self.paper_broker.fill_orders(tr.orders, self.engine.last_price or self.ledger.entry_price)
             self.writer.post(record_transition, tr, fills, db_id=self.db_id, symbol=self.cfg.SYMBOL, paper=True,
                              ledger=_snapshot(self.ledger), transition_id=tid)
+            for f in fills:
+                self._notify_paper_fill(f)
         else:
             self.post_urgent(record_transition, tr, [], db_id=self.db_id, symbol=self.cfg.SYMBOL, paper=False,
                              ledger=None, transition_id=tid)
@@ -341,6 +352,25 @@ class Bot:
         if self.ledger.qty:
             return f"close of {held} {self.cfg.SYMBOL} failed; see the events"
         return f"closed {held} {self.cfg.SYMBOL} at market ({why})"
+
+    def _notify_paper_fill(self, f: Any) -> None:
+        self.notifier.fill(action=f.action.value, reason=f.reason.value, qty=f.qty, price=f.price, paper=True,
+                           fee_usdt=f.fee_usdt, realized_pnl_usdt=f.realized_pnl_usdt if f.action.closes else None)
+
+    async def daily_summaries(self) -> None:
+        """After each UTC midnight, the previous day's figures to the notification targets."""
+        while not self.stopping.is_set():
+            await self.pause_unless_stopping(60.0)
+            day = notify.previous_utc_day(db.now_ms())
+            if self.stopping.is_set() or day <= self.summary_day_ms or not self.notifier.enabled:
+                continue
+            try:
+                summary = await asyncio.to_thread(_read_daily_summary, self.cfg.DB_PATH, day, self.cfg.SYMBOL)
+                self.notifier.daily_summary(summary)
+                self.summary_day_ms = day
+                self.writer.post(db.Store.set_status, {"daily_summary_day_ms": day})
+            except Exception:
+                log.exception("the daily summary failed")
 
     async def _wait_idle(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -360,12 +390,12 @@ class Bot:
         """The order executor and its driver; unfinished intents resolved before trading."""
         cfg = self.cfg
         driver = OrderDriver(self.exchange, self.commit, self.post_urgent, self.ledger, symbol=cfg.SYMBOL,
-                             on_rate_limit=self.on_rate_limit)
+                             on_rate_limit=self.on_rate_limit, notifier=self.notifier)
         self.executor = Executor(
             self.exchange, driver, self.ledger, self,
             ExecutorSettings(self.db_id, cfg.SYMBOL, cfg.TRADE_AMOUNT_USDT, cfg.MAX_ENTRY_DELAY_SECONDS,
                              cfg.MAX_ORDER_REJECTS, cfg.RECONCILE_RULE),
-            post_status=self.post_urgent)
+            post_status=self.post_urgent, notifier=self.notifier)
         await startup.resolve_intents(self.commit, driver)
         log.info("live trading on %s: leverage %s, one-way mode, server time offset %d ms",
                  cfg.REST_BASE_URL, cfg.LEVERAGE, self.exchange.offset_ms)
@@ -388,7 +418,14 @@ class Bot:
         sdnotify.notify(f"STATUS={self.mode} {self.cfg.SYMBOL} {self.cfg.INTERVAL}: starting")
         log.info("bollmin %s mode, %s %s, DB %s, state %s, position %s", self.mode, self.cfg.SYMBOL,
                  self.cfg.INTERVAL, self.cfg.DB_PATH, self.engine.state, self.ledger.qty)
-        tasks = [loop.create_task(heartbeat(self)), loop.create_task(serve_commands(self))]
+        self.notifier.start()
+        detail = f"{self.cfg.SYMBOL} {self.cfg.INTERVAL} · {self.engine.state} · {self.ledger.qty:g}"
+        if not self.previous_run_ended:
+            log.warning("the previous run did not stop cleanly (killed, or the machine went down)")
+            detail += " · 上次未正常退出 the previous run did not stop cleanly"
+        self.notifier.lifecycle("start", detail=detail)
+        tasks = [loop.create_task(heartbeat(self)), loop.create_task(serve_commands(self)),
+                 loop.create_task(self.daily_summaries())]
         executor_task = None
         code = EXIT_OK
         try:
@@ -410,8 +447,15 @@ class Bot:
             else:
                 log.critical("bot crashed: %s: %s", type(exc).__name__, exc, exc_info=True)
                 code = EXIT_CRASH
+            self.notifier.lifecycle("crash", detail=f"{type(exc).__name__}: {exc}"[:300],
+                                    restarting=code == EXIT_CRASH and self.cfg.AUTO_RESTART)
+        code = code if code != EXIT_OK else self.exit_code
+        if code == EXIT_OK:
+            self.notifier.lifecycle("stop")
+        elif code == EXIT_USAGE:
+            self.notifier.lifecycle("crash", detail=self.stop_reason[:300], restarting=False)
         await self.shutdown(tasks, executor_task)
-        return code if code != EXIT_OK else self.exit_code
+        return code
 
     def request_stop(self) -> None:
         if not self.stopping.is_set():
@@ -441,10 +485,19 @@ class Bot:
         self.writer.post(db.Store.set_status, status_values(self) | {"connection": "stopped"})
         if self.exchange is not None:
             await self.exchange.close()
+        await asyncio.to_thread(self.notifier.stop, max(min(deadline - time.monotonic(), 5.0), 0.5))
         remove_log_handler(self.events)
         if not self.writer.close(timeout=max(deadline - time.monotonic(), 0.5)):
             log.error("the database writer did not finish in time")
         log.info("stopped")
+
+
+def _read_daily_summary(path: str, day_ms: int, symbol: str) -> notify.DailySummary:
+    conn = db.connect_readonly(path)
+    try:
+        return notify.daily_summary(conn, day_ms, symbol)
+    finally:
+        conn.close()
 
 
 def _snapshot(ledger: Ledger) -> Ledger:

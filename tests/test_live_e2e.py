@@ -16,6 +16,7 @@ import time
 
 import pytest
 from harness import API_KEY, API_SECRET, DATA_1M, ROOT, Bot, ctl, query, wait_for
+from support.catcher import TOKEN, Catcher
 
 from simexchange import SimExchangeThread
 from state import POSITION, State
@@ -297,3 +298,53 @@ def test_a_full_disk_while_trading_sends_late_closes_but_no_stale_entry(sim, tmp
     log = bot.log_text()
     assert "closes always go out" in log
     assert "MAX_ENTRY_DELAY_SECONDS" in log
+
+
+def test_notifications_reach_a_webhook_that_fails_at_first_and_never_slow_trading(sim, tmp_path):
+    """Start, fills, an outside close (reconciliation), paused entries, lost market data and the stop
+    reach a JSON webhook that fails its first two requests; secrets and the URL's token stay out of
+    the logs."""
+    catcher = Catcher(fail=2)
+    try:
+        bot = _live_bot(sim, tmp_path, NOTIFY_URLS=(catcher.url,), WS_STALL_SECONDS=3.0, MAX_ORDER_REJECTS=1)
+        try:
+            started = catcher.wait(1, timeout=20)
+            assert "已启动" in started[0]["title"] and "started" in started[0]["title"]
+            _quiet_with_a_position(sim, bot)
+            ctl(sim.base_url, "external_order", {})
+            ctl(sim.base_url, "reject_orders", {"count": 1000, "code": -2019, "msg": "Margin is insufficient."})
+            ctl(sim.base_url, "resume")
+            bot.wait_status(lambda s: s.get("entries_paused") == "1", 90, "entries to be paused")
+            ctl(sim.base_url, "stall", {"on": True})
+            wait_for(lambda: any("行情中断" in b["title"] for b in catcher.delivered), 30, "the data-lost message")
+            ctl(sim.base_url, "stall", {"on": False})
+            ctl(sim.base_url, "pause")
+        finally:
+            assert bot.stop() == 0
+        wait_for(lambda: any("已停止" in b["title"] for b in catcher.delivered), 15, "the stop message")
+        titles = " | ".join(b["title"] for b in catcher.delivered)
+        bodies = " | ".join(b["message"] for b in catcher.delivered)
+    finally:
+        catcher.close()
+    for words in ("实盘成交", "对账不一致", "订单被拒", "暂停开仓", "行情中断", "已停止"):
+        assert words in titles + bodies, f"no '{words}' message: {titles}"
+    assert len(catcher.requests) >= len(catcher.delivered) + 2, "the first two attempts failed and were retried"
+    log = bot.log_text()
+    assert TOKEN not in log and catcher.url not in log and API_SECRET not in bodies
+
+
+def test_a_hanging_webhook_never_delays_orders(sim, tmp_path):
+    catcher = Catcher(hang=True)
+    try:
+        bot = _live_bot(sim, tmp_path, NOTIFY_URLS=(catcher.url,))
+        try:
+            ctl(sim.base_url, "resume")
+            wait_for(lambda: len(ctl(sim.base_url, "orders")) >= 4, 90, "4 live fills while the webhook hangs")
+            ctl(sim.base_url, "pause")
+            wait_for(lambda: _settled(bot), 30, "orders to settle")
+            stopping = time.monotonic()
+        finally:
+            assert bot.stop() == 0
+        assert time.monotonic() - stopping < 10, "a hanging webhook must not hold up the stop"
+    finally:
+        catcher.close()
