@@ -1,6 +1,6 @@
 """``bollmin.py demo``: the whole system offline, in three processes.
 
-1. ``simexchange.py`` replays bundled real BTCUSDT 1m candles (May 2025) as a Binance
+1. ``python -m simexchange`` replays bundled real BTCUSDT 1m candles (May 2025) as a Binance
    USDⓈ-M exchange on 127.0.0.1 (REST + market streams).
 2. ``bollmin.py run`` trades against it through the **real live path** (signed MARKET
    orders with demo credentials, exactly-once intents, reconciliation) with INTERVAL 1m,
@@ -150,11 +150,13 @@ def main(config_path: str | None, speed: float | None, workdir: str | None = Non
     signal.signal(signal.SIGTERM, on_signal)
     py = sys.executable
     try:
+        exchange_env = dict(child_env, PYTHONPATH=os.pathsep.join(  # the package is found from any directory
+            [HERE, *filter(None, [child_env.get("PYTHONPATH")])]))
         children.append(subprocess.Popen(
-            [py, os.path.join(HERE, "simexchange.py"), "--klines", DATA, "--port", "0", "--port-file", port_file,
+            [py, "-m", "simexchange", "--klines", DATA, "--port", "0", "--port-file", port_file,
              "--speed", str(speed), "--history", "120", "--api-key", DEMO_KEY, "--api-secret", DEMO_SECRET,
              "--log-level", "warning"],
-            env=child_env, stdout=subprocess.DEVNULL))
+            env=exchange_env, stdout=subprocess.DEVNULL))
         exchange_port = _wait_port_file(port_file, children[0])
         dash_port = _free_port(base.DASHBOARD_PORT)
         cfg_path = os.path.join(workdir, "demo_config.py")

@@ -279,8 +279,8 @@ def _lifecycle(box):
     # -- 4. the user edits config and secrets; an update keeps them ---------------------------
     step("edit config and secrets, re-deploy")
     ex_port, dash_port = free_port(), free_port()
-    box.run("systemd-run", "--unit=simexchange", "-p", "Type=exec", VENV_PY, f"{SRC}/simexchange.py",
-            "--klines", KLINES, "--port", str(ex_port), "--speed", "120", "--history", "120")
+    box.run("systemd-run", "--unit=simexchange", "-p", "Type=exec", "-E", f"PYTHONPATH={SRC}", VENV_PY,
+            "-m", "simexchange", "--klines", KLINES, "--port", str(ex_port), "--speed", "120", "--history", "120")
     wait_for("simexchange", lambda: "simexchange listening on" in box.run(
         "journalctl", "-o", "cat", "-u", "simexchange", "--no-pager").stdout, timeout=30)
     conf = re.sub(r"^(RECONCILE_RULE|MAX_ORDER_REJECTS) = .*\n", "", conf, flags=re.M)
@@ -383,8 +383,8 @@ def _lifecycle(box):
     wait_for("a watchdog restart", lambda: int(show(box, "bollmin", "NRestarts")["NRestarts"]) >= 1, timeout=45)
     assert "Watchdog timeout" in box.run("journalctl", "--no-pager", "-o", "cat", "-u", "bollmin").stdout
     box.run("systemctl", "reset-failed", "simexchange", check=False)
-    box.run("systemd-run", "--unit=simexchange", "-p", "Type=exec", VENV_PY, f"{SRC}/simexchange.py",
-            "--klines", KLINES, "--port", str(ex_port), "--speed", "120", "--history", "120")
+    box.run("systemd-run", "--unit=simexchange", "-p", "Type=exec", "-E", f"PYTHONPATH={SRC}", VENV_PY,
+            "-m", "simexchange", "--klines", KLINES, "--port", str(ex_port), "--speed", "120", "--history", "120")
     dropin.unlink()
     box.run("systemctl", "daemon-reload")
 

@@ -28,7 +28,8 @@ from binance.exceptions import BinanceAPIException
 
 from history import Candle, path_ticks, read_candles
 from simexchange import SimExchange, SimExchangeThread, exchange_info, sign, split_signature, verify_signature
-from simmarket import Market, StreamClient, StreamHub
+from simexchange.market import Market
+from simexchange.streams import StreamClient, StreamHub
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_1M = ROOT / "marketdata" / "btcusdt_um_1m_2025-05.csv.gz"
@@ -643,13 +644,13 @@ def test_stream_payloads_match_documented_and_captured_types(sim):
 
 
 def _run_cli(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "simexchange.py"), *args], cwd=ROOT, text=True,
+    return subprocess.Popen([sys.executable, "-m", "simexchange", *args], cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
 
 def _readline(proc: subprocess.Popen, timeout: float = 30.0) -> str:
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    assert ready, "no output from simexchange.py"
+    assert ready, "no output from python -m simexchange"
     return proc.stdout.readline()
 
 

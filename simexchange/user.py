@@ -1,4 +1,4 @@
-"""User-data side of the simulated exchange: listenKeys and the ``/private`` stream.
+"""The user-data stream of the one simulated account: the listenKey and ``/private``.
 
 Binance's rules (USDⓈ-M user data streams): ``POST /fapi/v1/listenKey`` (API key, no
 signature) returns the account's active key — the same one for every caller while it is
@@ -7,9 +7,13 @@ exist; ``DELETE`` closes it. The stream lives at ``/private/ws?listenKey=<key>``
 ``/private/ws/<key>``) and pushes ``ORDER_TRADE_UPDATE`` and ``ACCOUNT_UPDATE`` in Binance's
 exact shapes; when the key expires it sends ``listenKeyExpired`` and nothing more.
 
+The key and the stream belong to the account, not to a symbol: every connection gets the
+events of every symbol (``o.s`` / ``a.P[].s`` say which), so a bot trading one symbol must
+filter them.
+
 ``UserHub`` is plain bookkeeping plus the WebSocket fan-out; the exchange calls
 ``order_events`` after every fill (the bot's orders and "outside" ones alike) and
-``position_event`` when the position changes by other means (ADL, an admin adjustment).
+``position_event`` when a position changes by other means (ADL, an admin adjustment).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from .wire import pump, websocket_or_400
 
 log = logging.getLogger("simexchange.user")
 
@@ -140,9 +146,9 @@ class UserHub:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """``/private/ws?listenKey=K`` or ``/private/ws/K``."""
         key = request.query.get("listenKey") or request.match_info.get("key")
-        ws = web.WebSocketResponse(heartbeat=180)
-        if not ws.can_prepare(request).ok:
-            return web.json_response({"code": -1000, "msg": "This path needs a WebSocket upgrade."}, status=400)
+        ws = websocket_or_400(request)
+        if not isinstance(ws, web.WebSocketResponse):
+            return ws
         if not self.valid(key):
             return web.json_response({"code": -1125, "msg": "This listenKey does not exist."}, status=400)
         client = UserClient(ws, key or "", request.transport)
@@ -150,7 +156,7 @@ class UserHub:
         sender = None
         try:
             await ws.prepare(request)
-            sender = asyncio.ensure_future(self._sender(client))
+            sender = asyncio.ensure_future(pump(client.ws, client.queue))
             async for _msg in ws:
                 pass  # the user-data stream takes no requests
         finally:
@@ -158,15 +164,6 @@ class UserHub:
             if sender is not None:
                 sender.cancel()
         return ws
-
-    async def _sender(self, client: UserClient) -> None:
-        try:
-            while True:
-                await client.ws.send_str(await client.queue.get())
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a dying socket: the client is gone either way
-            log.debug("user stream sender stopped: %r", exc)
 
     def drop_all(self) -> int:
         n = len(self.clients)

@@ -1,4 +1,6 @@
-"""Market side of the simulated exchange: a kline file replayed as Binance USDⓈ-M streams.
+"""One symbol's market: its kline file replayed as Binance USDⓈ-M trades and klines
+(``Market``), and the pacing of that replay (``Replay``). Each listed symbol has one of each;
+``streams.StreamHub`` sends what they produce to the WebSocket clients.
 
 Each source candle (interval d, inferred from the file) is played as the 4 ticks of
 ``history.path_ticks`` (docs/strategy.md). A tick is one ``aggTrade``; after it, every tracked kline
@@ -6,27 +8,26 @@ interval (a multiple of d, bucket = open_time // interval) gets an ``x:false`` u
 forming candle, and a candle's ``x:true`` goes out just before the first tick of the next
 bucket (and after the very last tick of the data). Every time in a message is data time.
 
-Numbers are integers so everything adds up exactly: prices in tenths (tick 0.1),
-quantities in thousandths (step 0.001), quote volumes in 1e-4 USDT. A candle's volume is
-split over its 4 trades, so a kline's ``v`` is the sum of its trades' ``q``.
-
-``Market`` is plain data (no asyncio); ``StreamHub`` fans messages out to WebSocket clients;
-``Replay`` paces the ticks.
+Numbers are integers so everything adds up exactly: prices in units of the symbol's tick
+decimals (tenths for BTCUSDT's 0.10 tick), quantities in units of its step (thousandths),
+quote volumes in the product of both (1e-4 USDT for BTCUSDT). A candle's volume is split over
+its 4 trades, so a kline's ``v`` is the sum of its trades' ``q``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
-import json
 import logging
-import time
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
-
-from aiohttp import WSMsgType, web
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from history import INTERVAL_MS, Candle, HistoryError, infer_interval_ms, interval_ms, interval_name, path_ticks
+
+from .catalogue import SymbolSpec, spec_for
+
+if TYPE_CHECKING:
+    from .streams import StreamHub
 
 log = logging.getLogger("simexchange.market")
 
@@ -38,25 +39,11 @@ class Tick(NamedTuple):
     """One replayed trade."""
 
     time_ms: int
-    price: int      # tenths of USDT
-    qty: int        # thousandths of the base asset
+    price: int      # price units (tenths of USDT for BTCUSDT)
+    qty: int        # quantity units (thousandths of the base asset)
     agg_id: int
     trade_id: int
     maker: bool     # the buyer was the maker (a sell hit the bid): the price went down
-
-
-def fmt_price(tenths: int) -> str:
-    """``270001`` -> ``"27000.10"`` (Binance prints BTCUSDT prices with 2 decimals)."""
-    return f"{tenths // 10}.{tenths % 10}0"
-
-
-def fmt_qty(thousandths: int) -> str:
-    return f"{thousandths // 1000}.{thousandths % 1000:03d}"
-
-
-def fmt_quote(units: int) -> str:
-    """Quote volume in 1e-4 USDT, printed with Binance's 5 decimals."""
-    return f"{units // 10_000}.{units % 10_000:04d}0"
 
 
 @dataclass(slots=True)
@@ -91,25 +78,29 @@ class Bar:
         if not tick.maker:  # the buyer took liquidity
             self.taker_v, self.taker_quote = self.taker_v + tick.qty, self.taker_quote + q
 
-    def rest_row(self, length_ms: int) -> list[Any]:
+    def rest_row(self, length_ms: int, spec: SymbolSpec) -> list[Any]:
         """A ``GET /fapi/v1/klines`` row."""
-        return [self.open_time, fmt_price(self.o), fmt_price(self.h), fmt_price(self.low), fmt_price(self.c),
-                fmt_qty(self.v), self.open_time + length_ms - 1, fmt_quote(self.quote), self.n,
-                fmt_qty(self.taker_v), fmt_quote(self.taker_quote), "0"]
+        price = spec.price_text
+        return [self.open_time, price(self.o), price(self.h), price(self.low), price(self.c),
+                spec.qty_text(self.v), self.open_time + length_ms - 1, spec.quote_text(self.quote), self.n,
+                spec.qty_text(self.taker_v), spec.quote_text(self.taker_quote), "0"]
 
 
 class Market:
-    """The replay state: which ticks have been emitted, and the messages the next one makes.
+    """One symbol's replay state: which ticks have been emitted, and the messages the next one makes.
 
     Candles before ``start_index`` are history: they count as emitted but are never streamed.
+    ``symbol``: a name (its rules from ``catalogue.spec_for``) or a ``SymbolSpec``.
     """
 
-    def __init__(self, candles: list[Candle], symbol: str = "BTCUSDT", history_candles: int | None = None,
-                 target_interval: str = "15m") -> None:
+    def __init__(self, candles: list[Candle], symbol: str | SymbolSpec = "BTCUSDT",
+                 history_candles: int | None = None, target_interval: str = "15m") -> None:
         if len(candles) < 2:
             raise HistoryError("the simulated exchange needs at least 2 candles")
+        self.spec = symbol if isinstance(symbol, SymbolSpec) else spec_for(symbol)
         self.candles = candles
-        self.symbol = symbol.upper()
+        self.symbol = self.spec.symbol
+        self.trade_stream = f"{self.symbol.lower()}@aggTrade"
         self.source_ms = infer_interval_ms(candles)
         self.times = [c.open_time_ms for c in candles]
         if history_candles is None:
@@ -126,7 +117,7 @@ class Market:
         else:
             self.clock_ms = self.times[-1] + self.source_ms - 1
         first = candles[history_candles - 1].close if history_candles else candles[0].open
-        self.last_price = round(first * 10)
+        self.last_price = self.spec.price_units(first)
         self._bars: dict[int, Bar | None] = {}  # tracked interval -> its forming bar (None: no tick yet)
         self._cache: dict[int, tuple[Tick, ...]] = {}
 
@@ -135,12 +126,12 @@ class Market:
         """The 4 trades candle ``i`` is replayed as."""
         ticks = self._cache.get(i)
         if ticks is None:
-            c = self.candles[i]
-            vol = max(round(c.volume * 1000), 0)
-            prev = round(self.candles[i - 1].close * 10) if i else round(c.open * 10)
+            c, units = self.candles[i], self.spec.price_units
+            vol = max(self.spec.qty_units(c.volume), 0)
+            prev = units(self.candles[i - 1].close) if i else units(c.open)
             out = []
             for j, (t, p) in enumerate(path_ticks(c, self.source_ms)):
-                price = round(p * 10)
+                price = units(p)
                 qty = vol - 3 * (vol // 4) if j == 3 else vol // 4
                 n = 4 * i + j
                 out.append(Tick(t, price, max(qty, 1), AGG_ID_BASE + n, TRADE_ID_BASE + n, price < prev))
@@ -217,21 +208,24 @@ class Market:
         if lo <= forming < hi and (not bars or bars[-1].open_time < forming):
             bars.append(Bar.empty(forming, self.last_price))
         bars = bars[:limit] if start_ms is not None else bars[-limit:]
-        return [b.rest_row(length_ms) for b in bars]
+        return [b.rest_row(length_ms, self.spec) for b in bars]
 
     # -- messages ----------------------------------------------------------------------
     def _kline_msg(self, bar: Bar, length_ms: int, closed: bool, event_ms: int) -> dict[str, Any]:
+        spec = self.spec
+        price = spec.price_text
         return {"e": "kline", "E": event_ms, "s": self.symbol, "k": {
             "t": bar.open_time, "T": bar.open_time + length_ms - 1, "s": self.symbol,
             "i": interval_name(length_ms), "f": bar.first_id, "L": bar.last_id,
-            "o": fmt_price(bar.o), "c": fmt_price(bar.c), "h": fmt_price(bar.h), "l": fmt_price(bar.low),
-            "v": fmt_qty(bar.v), "n": bar.n, "x": closed, "q": fmt_quote(bar.quote),
-            "V": fmt_qty(bar.taker_v), "Q": fmt_quote(bar.taker_quote), "B": "0"}}
+            "o": price(bar.o), "c": price(bar.c), "h": price(bar.h), "l": price(bar.low),
+            "v": spec.qty_text(bar.v), "n": bar.n, "x": closed, "q": spec.quote_text(bar.quote),
+            "V": spec.qty_text(bar.taker_v), "Q": spec.quote_text(bar.taker_quote), "B": "0"}}
 
     def _trade_msg(self, tick: Tick) -> dict[str, Any]:
-        q = fmt_qty(tick.qty)
-        return {"e": "aggTrade", "E": tick.time_ms, "s": self.symbol, "a": tick.agg_id, "p": fmt_price(tick.price),
-                "q": q, "nq": q, "f": tick.trade_id, "l": tick.trade_id, "T": tick.time_ms, "m": tick.maker}
+        q = self.spec.qty_text(tick.qty)
+        return {"e": "aggTrade", "E": tick.time_ms, "s": self.symbol, "a": tick.agg_id,
+                "p": self.spec.price_text(tick.price), "q": q, "nq": q, "f": tick.trade_id, "l": tick.trade_id,
+                "T": tick.time_ms, "m": tick.maker}
 
     def next_tick(self, wanted: set[str] | frozenset[str]) -> list[tuple[str, dict[str, Any]]]:
         """Emit one tick; return its (stream name, payload) messages in send order.
@@ -242,13 +236,12 @@ class Market:
             return []
         tick = self.candle_ticks(self.cursor)[self.tick_in_candle]
         out: list[tuple[str, dict[str, Any]]] = []
-        trade_stream = f"{self.symbol.lower()}@aggTrade"
         for length, bar in self._bars.items():
             if bar is not None and tick.time_ms - tick.time_ms % length != bar.open_time:
                 self._close(length, bar, wanted, out)
                 self._bars[length] = None
-        if trade_stream in wanted:
-            out.append((trade_stream, self._trade_msg(tick)))
+        if self.trade_stream in wanted:
+            out.append((self.trade_stream, self._trade_msg(tick)))
         self.clock_ms, self.last_price = tick.time_ms, tick.price
         self.ticks_emitted += 1
         self.tick_in_candle += 1
@@ -290,203 +283,8 @@ def default_history_candles(candles: list[Candle], source_ms: int, target_interv
     return len(candles) // 2
 
 
-# -- WebSocket fan-out -----------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class StreamClient:
-    """One WebSocket connection. ``silent`` ones (unrouted paths) never get anything."""
-
-    ws: Any
-    streams: set[str]
-    combined: bool
-    silent: bool = False
-    route: str = "market"   # "market", "public" or "private": only /market carries our streams
-    transport: Any = None
-    queue_size: int = 10_000
-    opened: float = field(default_factory=time.monotonic)
-    queue: asyncio.Queue = field(init=False)
-    drained: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def __post_init__(self) -> None:
-        self.queue = asyncio.Queue(self.queue_size)
-
-    def abort(self) -> None:
-        """Cut the TCP connection without a close frame, like a network failure."""
-        if self.transport is not None:
-            self.transport.abort()
-
-
-class StreamHub:
-    """All WebSocket clients; one global broadcast. Slow clients are dropped, never waited for
-    (except at speed 0, where ``wait_for_room`` gives them time: there is no real time to keep)."""
-
-    def __init__(self, market: Market, queue_size: int = 10_000) -> None:
-        self.market = market
-        self.queue_size = queue_size
-        self.clients: set[StreamClient] = set()
-        self.stalled = False
-        self.max_conn_age_s: float | None = None
-        self.dropped_slow = 0
-        self._closing: set[asyncio.Future] = set()  # close handshakes in flight (referenced so they finish)
-
-    def wanted(self) -> frozenset[str]:
-        if self.stalled:
-            return frozenset()
-        return frozenset(s for c in self.clients if not c.silent for s in c.streams)
-
-    def subscribe(self, client: StreamClient, streams: list[str]) -> None:
-        if client.route != "market":
-            return  # kline/aggTrade are /market streams; elsewhere Binance sends nothing for them
-        for name in streams:
-            client.streams.add(name)
-            length = self.market.stream_interval(name)
-            if length is not None:
-                self.market.track(length)
-            elif name != f"{self.market.symbol.lower()}@aggTrade":
-                log.warning("stream %r cannot be served from this data (%d ms candles); it stays silent",
-                            name, self.market.source_ms)
-
-    def publish(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
-        if self.stalled or not messages:
-            return
-        texts = [(name, json.dumps(payload, separators=(",", ":"))) for name, payload in messages]
-        for client in list(self.clients):
-            if client.silent:
-                continue
-            for name, raw in texts:
-                if name not in client.streams:
-                    continue
-                text = f'{{"stream":"{name}","data":{raw}}}' if client.combined else raw
-                try:
-                    client.queue.put_nowait(text)
-                except asyncio.QueueFull:
-                    self.dropped_slow += 1
-                    log.warning("dropping a slow WebSocket client: %d messages queued", client.queue.qsize())
-                    self.clients.discard(client)
-                    client.abort()
-                    break
-
-    async def wait_for_room(self, timeout_s: float = 10.0) -> None:
-        """Speed 0 only: wait while a client's queue is over half full; drop it after ``timeout_s``."""
-        for client in list(self.clients):
-            if client.queue.qsize() <= self.queue_size // 2:
-                continue
-            client.drained.clear()
-            try:
-                await asyncio.wait_for(client.drained.wait(), timeout_s)
-            except TimeoutError:
-                log.warning("dropping a WebSocket client that stopped reading")
-                self.clients.discard(client)
-                client.abort()
-
-    async def wait_sent(self, timeout_s: float = 5.0) -> None:
-        """Wait until every client's queue is empty (messages handed to the socket)."""
-        deadline = time.monotonic() + timeout_s
-        while any(c.queue.qsize() for c in self.clients) and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
-
-    def drop_all(self) -> int:
-        n = len(self.clients)
-        for client in list(self.clients):
-            client.abort()
-        self.clients.clear()
-        return n
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        """WebSocket endpoint: routed ``/market|/public|/private`` + ``/ws/<streams>`` or
-        ``/stream?streams=a/b``; the unrouted ``/ws...`` and ``/stream`` connect and stay silent."""
-        parts = [p for p in request.path.split("/") if p]
-        route = parts.pop(0) if parts and parts[0] in ("market", "public", "private") else ""
-        combined = bool(parts) and parts[0] == "stream"
-        if combined:
-            streams = [s for s in request.query.get("streams", "").split("/") if s]
-        else:
-            streams = parts[1:]
-        ws = web.WebSocketResponse(heartbeat=180)
-        if not ws.can_prepare(request).ok:
-            return web.json_response({"code": -1000, "msg": "This path needs a WebSocket upgrade."}, status=400)
-        client = StreamClient(ws, set(), combined, silent=not route, route=route or "none",
-                              transport=request.transport, queue_size=self.queue_size)
-        self.subscribe(client, streams)
-        self.clients.add(client)  # before the handshake completes, so no tick can slip past a new client
-        sender = None
-        try:
-            await ws.prepare(request)
-            sender = asyncio.ensure_future(self.sender(client))
-            async for msg in ws:
-                if msg.type == WSMsgType.TEXT:
-                    reply = self._on_client_message(client, msg.data)
-                    if reply is not None and not client.silent and not self.stalled:
-                        try:
-                            client.queue.put_nowait(json.dumps(reply))
-                        except asyncio.QueueFull:
-                            pass
-        finally:
-            self.clients.discard(client)
-            if sender is not None:
-                sender.cancel()
-        return ws
-
-    def _on_client_message(self, client: StreamClient, text: str) -> dict[str, Any] | None:
-        """Answer SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS; ignore anything else."""
-        try:
-            req = json.loads(text)
-        except ValueError:
-            return None
-        if not isinstance(req, dict) or not isinstance(req.get("method"), str):
-            return None
-        method, params, req_id = req["method"].upper(), req.get("params") or [], req.get("id")
-        names = [p for p in params if isinstance(p, str)] if isinstance(params, list) else []
-        if method == "SUBSCRIBE":
-            self.subscribe(client, names)
-        elif method == "UNSUBSCRIBE":
-            client.streams.difference_update(names)
-        elif method == "LIST_SUBSCRIPTIONS":
-            return {"result": sorted(client.streams), "id": req_id}
-        elif method not in ("SET_PROPERTY", "GET_PROPERTY"):
-            return None
-        return {"result": None, "id": req_id}
-
-    async def sender(self, client: StreamClient) -> None:
-        """Move queued messages to the socket (one task per client)."""
-        try:
-            while True:
-                text = await client.queue.get()
-                if client.queue.qsize() <= self.queue_size // 4:
-                    client.drained.set()
-                await client.ws.send_str(text)
-        except asyncio.CancelledError:
-            raise
-        except (ConnectionError, RuntimeError):
-            return
-        except Exception as exc:  # a dying socket may raise anything; the client is gone either way
-            log.debug("WebSocket sender stopped: %r", exc)
-
-    async def expire_old(self) -> None:
-        """Close connections older than ``max_conn_age_s`` with 1001, like Binance's 24 h cut."""
-        while True:
-            await asyncio.sleep(0.05)
-            age = self.max_conn_age_s
-            if age is None:
-                continue
-            now = time.monotonic()
-            for client in [c for c in self.clients if now - c.opened >= age]:
-                self.clients.discard(client)
-                task = asyncio.ensure_future(_close_quietly(client.ws, 1001, b"connection lifetime exceeded"))
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
-
-
-async def _close_quietly(ws: Any, code: int, message: bytes) -> None:
-    try:
-        await ws.close(code=code, message=message)
-    except Exception as exc:  # already gone
-        log.debug("closing a WebSocket: %r", exc)
-
-
 class Replay:
-    """Paces the ticks: ``speed`` × real time by data timestamps; 0 = as fast as possible.
+    """Paces one market's ticks: ``speed`` × real time by data timestamps; 0 = as fast as possible.
 
     Burst mode (``set_burst``) instead sends ``ticks`` back to back every ``every_ms`` of wall
     time — a market that prints hundreds of trades at once when price runs through a band.
@@ -524,13 +322,14 @@ class Replay:
     async def emit(self, n: int = 1) -> int:
         """Emit up to ``n`` ticks now; returns how many were emitted."""
         done = 0
+        market = self.market
         async with self.lock:
-            while done < n and not self.market.finished:
-                self.hub.publish(self.market.next_tick(self.hub.wanted()))
+            while done < n and not market.finished:
+                self.hub.publish(market.next_tick(self.hub.wanted(market.symbol)))
                 done += 1
-                if self.market.finished:
-                    log.info("replay finished after %d ticks; the data ends at %d",
-                             self.market.ticks_emitted, self.market.clock_ms)
+                if market.finished:
+                    log.info("%s: replay finished after %d ticks; the data ends at %d",
+                             market.symbol, market.ticks_emitted, market.clock_ms)
         return done
 
     async def run(self) -> None:
