@@ -169,8 +169,8 @@ class Bot:
         if tr is None:
             return
         log.warning("state %s -> %s (%s): %s", tr.from_state, to, cause, why)
-        self.post_urgent(record_transition, tr, [], db_id=self.db_id, symbol=self.cfg.SYMBOL, paper=self.paper,
-                         ledger=None, transition_id=self.new_transition_id())
+        self.writer.post(record_transition, tr, [], db_id=self.db_id, symbol=self.cfg.SYMBOL, paper=self.paper,
+                         ledger=None, transition_id=self.new_transition_id(), urgent=not self.paper)
 
     def pause(self, reason: str) -> None:
         self.paused, self.pause_reason = True, reason
@@ -297,8 +297,10 @@ class Bot:
         tid = self.new_transition_id()
         refused = None
         if not orders:
+            # Live, every transition goes on the writer's priority lane like the ones with orders and the
+            # overrides, so the stored state follows the decisions in order even when the DB was stuck.
             self.writer.post(record_transition, tr, [], db_id=self.db_id, symbol=self.cfg.SYMBOL, paper=self.paper,
-                             ledger=None, transition_id=tid)
+                             ledger=None, transition_id=tid, urgent=not self.paper)
         elif self.paper:
             fills, refused = self.paper_broker.fill_orders(orders, tr.price)
             self.writer.post(record_transition, tr, fills, db_id=self.db_id, symbol=self.cfg.SYMBOL, paper=True,
