@@ -1,13 +1,14 @@
 """Run every benchmark and regenerate BENCHMARKS.md from their output.
 
-    .venv/bin/python bench/run_all.py            # all of them (about 8 minutes on a quiet machine)
-    .venv/bin/python bench/run_all.py core run   # only some sections
+    .venv/bin/python bench/run_all.py                 # all of them (about 25 minutes on a quiet machine)
+    .venv/bin/python bench/run_all.py core latency    # only some sections
 
 Each benchmark prints a markdown section on stdout; this script puts it between the section's
 markers (``<!-- NAME:begin -->`` … ``<!-- NAME:end -->``) in BENCHMARKS.md, keeping the other
 sections, and prints a one-line verdict per section. Each section names its machine and command
 (with the run time, exit code and load average added here). Exit code 1 when a benchmark failed
 to run; a missed target is not a failure: it is marked **NO** in the section's table.
+A section of BENCHMARKS.md whose name is no longer a benchmark here is removed.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ BENCH_MD = os.path.join(ROOT, "BENCHMARKS.md")
 # name -> (script, title when the script prints none)
 BENCHES: dict[str, tuple[str, str]] = {
     "core": ("bench/bench_core.py", "Core engine"),
-    "run": ("bench/bench_run.py", "The running bot"),
     "dashboard": ("bench/bench_dashboard.py", "Dashboard"),
+    "latency": ("bench/bench_latency.py", "Tick-to-order latency"),
+    "firehose": ("bench/bench_firehose.py", "Firehose"),
 }
+SECTION = re.compile(r"\n*<!-- ([a-z_]+):begin -->\n.*?<!-- \1:end -->\n?", re.S)
 
 HEADER = """# Benchmarks
 
@@ -38,6 +41,7 @@ Regenerate the whole file with one command:
     .venv/bin/python bench/run_all.py
 
 Timing targets live here, not in the test suite: timed tests flake on a shared 2-core machine.
+Each section is the output of one script in `bench/` (named on its Command line); none is written by hand.
 """
 
 
@@ -49,7 +53,7 @@ def run_one(name: str) -> tuple[bool, str]:
     load = os.getloadavg()[0]
     started = time.monotonic()
     proc = subprocess.run([sys.executable, os.path.join(ROOT, script)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=1800)
+                          timeout=3600)
     took = time.monotonic() - started
     body = proc.stdout.strip()
     if not body.lstrip().startswith("## "):
@@ -77,6 +81,7 @@ def write(sections: dict[str, str]) -> None:
     except FileNotFoundError:
         text = HEADER
     text = re.sub(r"\A# Benchmarks\n.*?(?=<!-- |\Z)", HEADER + "\n", text, count=1, flags=re.S)
+    text = SECTION.sub(lambda m: m.group(0) if m.group(1) in BENCHES else "\n", text)  # drop retired sections
     for name, body in sections.items():
         begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
         block = f"{begin}\n{body}\n{end}"
@@ -90,6 +95,10 @@ def write(sections: dict[str, str]) -> None:
 
 
 def main(argv: list[str]) -> int:
+    if {"-h", "--help"} & set(argv):
+        print(__doc__.strip())
+        print(f"\nbenchmarks: {', '.join(f'{n} ({s})' for n, (s, _t) in BENCHES.items())}")
+        return 0
     names = argv or list(BENCHES)
     unknown = [n for n in names if n not in BENCHES]
     if unknown:

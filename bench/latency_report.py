@@ -1,0 +1,224 @@
+"""The markdown section of ``bench_latency.py`` (rendering only: every figure comes from its results)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from botbench import summary
+
+TARGET_MS = 5.0      # issue 15: p99 ≤ 5 ms on a quiet machine, also with the dashboard hammered
+TARGET_RATIO = 2.0   # ... and p99 ≤ 2 × p50, also for the open leg of a reversal
+CHANGE = 0.10        # a library "changes" a figure when it moves it by 10 % or more
+BUSY_PCT = 25.0      # other processes above this (% of one core) make a run "not quiet"
+
+STEP_KEYS = ("wire", "table", "queue", "pickup", "commit", "to_client", "request")
+OPEN_STEP_KEYS = ("close", "fill", "commit", "to_client", "request")
+STEP_LABELS = {
+    "wire": "the exchange hands the trade to its socket → the bot has read and parsed it (loopback, WebSocket, "
+            "JSON, checks)",
+    "table": "the strategy's step on that tick (bands, state table) → a transition with orders",
+    "queue": "the transition recorded (priority lane, not awaited) and its orders queued for the executor",
+    "pickup": "the executor takes the job (event-loop hand-off), sizes the order, builds the intent",
+    "commit": "the intent commit: written and committed by the DB writer thread on its priority lane",
+    "to_client": "intent on disk → the exchange client is called",
+    "request": "python-binance builds and signs the request, aiohttp writes it, the exchange has read its headers",
+    "close": "the trade handed to the socket → the close's answer is back (its whole way and round trip)",
+    "fill": "the close's fill recorded (not awaited) and logged → the open's intent commit starts",
+    "total": "total (orders with every probe)",
+}
+LABELS = {"baseline": "before: {short}", "current": "**after: current tree**", "uvloop": "current + uvloop",
+          "orjson": "current + orjson (feed parser)", "uvloop+orjson": "current + uvloop + orjson"}
+
+
+def _ok(good: bool) -> str:
+    return "yes" if good else "**NO**"
+
+
+def _ms(x: float) -> str:
+    return "—" if x != x else f"{x:.2f}"
+
+
+def pooled(res: dict[str, Any], variant: str) -> dict[str, Any]:
+    """Every run of ``variant`` taken together."""
+    runs = [r for r in res["runs"] if r["variant"] == variant and "first" in r]
+    if not runs:
+        return {}
+    first = [x for r in runs for x in r["first"]]
+    second = [x for r in runs for x in r["open"]]
+    ticks = sum(r["ticks"] for r in runs)
+    return {"runs": runs, "first": summary(first), "open": summary(second),
+            "round_p50": [summary(r["first"])["p50"] for r in runs],
+            "cpu_us": sum(r["bot_cpu_s"] for r in runs) / ticks * 1e6 if ticks else float("nan"),
+            "others": [r["others"] for r in runs], "orders": sum(r["orders"] for r in runs),
+            "filled": sum(r["filled"] for r in runs), "unmatched": sum(r["unmatched"] for r in runs)}
+
+
+def _rel(new: float, old: float) -> float:
+    return new / old - 1 if old and old == old and new == new else float("nan")
+
+
+def verdict(lib: dict[str, Any], cur: dict[str, Any]) -> tuple[str, str]:
+    """(the changes in words, 'pays off' | 'does not pay off' | 'mixed') against the current bot."""
+    moves = {"p50": _rel(lib["first"]["p50"], cur["first"]["p50"]),
+             "p99": _rel(lib["first"]["p99"], cur["first"]["p99"]),
+             "CPU per tick": _rel(lib["cpu_us"], cur["cpu_us"])}
+    better = [k for k, v in moves.items() if v <= -CHANGE]
+    worse = [k for k, v in moves.items() if v >= CHANGE]
+    words = ", ".join(f"{k} {v * 100:+.0f} %" for k, v in moves.items())
+    if better and not worse:
+        return words, "pays off"
+    if worse and not better:
+        return words, "does not pay off (worse)"
+    if better and worse:
+        return words, "mixed"
+    return words, "does not pay off (no change of 10 % or more)"
+
+
+def render(res: dict[str, Any]) -> str:
+    base = res["baseline"]
+    p = {v: pooled(res, v) for v in ("baseline", "current", "uvloop", "orjson", "uvloop+orjson")}
+    cur, old = p["current"], p["baseline"]
+    ld, ctl = res.get("loaded") or {}, res.get("control") or {}
+    out = ["## Tick-to-order latency (live bot on loopback)", "",
+           f"Machine: {res['machine']}  ",
+           f"Command: `{res.get('command', 'python bench/bench_latency.py')}` ({res['date']}; "
+           f"{res['total_s']:.0f} s)", "",
+           f"Each run: a fresh `bollmin.py run` in live mode (MARKET orders) against the simulated exchange, which "
+           f"replays the bundled May 2025 1m BTCUSDT file at {res['speed']:g}× (a tick every "
+           f"{20_000 / res['speed']:.0f} ms; a candle's close tick and the next open tick back to back) and answers "
+           f"orders at once. Latency: from the moment the exchange hands the deciding trade to its socket to the "
+           f"moment `POST /fapi/v1/order` arrives (both `perf_counter_ns`, CLOCK_MONOTONIC), each order matched to "
+           f"its tick by the exchange time stored with its intent. \"First order\": a transition's first order; "
+           f"\"reversal open\": the open leg of a reversal, sent once the close has filled. The bots ran in "
+           f"{res['rounds']} interleaved rounds (order reversed every other round), so that the machine's noise hit "
+           f"all of them alike; figures pool the rounds.", "",
+           "| bot | first orders | p50 ms | p90 ms | p99 ms | max ms | p99 / p50 | reversal opens | open p50 ms "
+           "| open p99 ms | bot CPU µs / tick | others' CPU, % of a core |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for v, x in p.items():
+        if not x:
+            continue
+        f, o = x["first"], x["open"]
+        out.append(f"| {LABELS[v].format(short=base['short'])} | {f['n']:,} | {_ms(f['p50'])} | {_ms(f['p90'])} | "
+                   f"{_ms(f['p99'])} | {_ms(f['max'])} | {f['p99'] / f['p50']:.1f} | {o['n']:,} | {_ms(o['p50'])} "
+                   f"| {_ms(o['p99'])} | {x['cpu_us']:.0f} | "
+                   + " / ".join(f"{y:.0f}" for y in x["others"]) + " |")
+    for r in res["runs"]:
+        if "error" in r:
+            out.append(f"\n**{r['variant']} (round {r['round'] + 1}) failed:** `{r['error'][-300:]}`")
+    out += ["", f"Before: `{base['short']}` ({base['subject']}). \"Bot CPU per tick\": the bot process's CPU "
+                f"during the replay over the trades replayed (every message, order, heartbeat and write included). "
+                f"Timing probes are on in every run of the current tree (a list append per point, microseconds "
+                f"per order); the baseline has none."]
+    if cur:
+        out += ["", *targets(cur, ld)]
+    if cur and old:
+        out += ["", before_after(old, cur)]
+    libs = [(v, p[v]) for v in ("uvloop", "orjson", "uvloop+orjson") if p[v]]
+    if cur and libs:
+        out += ["", f"**Libraries** (against the current bot on asyncio and `json`, same rounds; a figure counts as "
+                    f"changed at ±{CHANGE * 100:.0f} % or more; p50 per round for scale: current "
+                    + " / ".join(f"{x:.2f}" for x in cur["round_p50"]) + " ms):", ""]
+        for v, x in libs:
+            words, call = verdict(x, cur)
+            out.append(f"- {LABELS[v]}: {words} → **{call}**.")
+    if ld.get("first"):
+        out += ["", *dashboard_text(cur, ld, ctl)]
+    out += ["", *breakdown(res, ld)]
+    busy = [r["others"] for r in [*res["runs"], ld, ctl] if r and "others" in r]
+    loadavg = " / ".join(f"{x:.2f}" for x in res.get("loadavg", ()))
+    out += ["", f"Load average when the bench started: {loadavg} (1 / 5 / 15 min). Exit codes of the bots: "
+                + ", ".join(str(r.get("exit")) for r in [*res["runs"], ld, ctl] if r and "exit" in r) + "."]
+    if busy and max(busy) > BUSY_PCT:
+        out += ["", f"⚠ Other processes used up to {max(busy):.0f} % of a core during these runs (the machine has "
+                    f"{os.cpu_count()} cores): the figures are pessimistic, and the runs most hit are the ones with "
+                    f"the highest value in the last column."]
+    return "\n".join(out) + "\n"
+
+
+def targets(cur: dict[str, Any], ld: dict[str, Any]) -> list[str]:
+    f, o = cur["first"], cur["open"]
+    rows = ["| target (current tree) | result | met |", "|---|---:|:---:|",
+            f"| first order p99 ≤ {TARGET_MS:g} ms | {_ms(f['p99'])} ms | {_ok(f['p99'] <= TARGET_MS)} |",
+            f"| first order p99 ≤ {TARGET_RATIO:g} × p50 | {f['p99'] / f['p50']:.1f} × | "
+            f"{_ok(f['p99'] <= TARGET_RATIO * f['p50'])} |",
+            f"| reversal open p99 ≤ {TARGET_MS:g} ms | {_ms(o['p99'])} ms | {_ok(o['p99'] <= TARGET_MS)} |",
+            f"| reversal open p99 ≤ {TARGET_RATIO:g} × its p50 | {o['p99'] / o['p50']:.1f} × | "
+            f"{_ok(o['p99'] <= TARGET_RATIO * o['p50'])} |"]
+    if ld.get("first"):
+        s = summary(ld["first"])
+        rows.append(f"| first order p99 ≤ {TARGET_MS:g} ms with the dashboard hammered | {_ms(s['p99'])} ms | "
+                    f"{_ok(s['p99'] <= TARGET_MS)} |")
+    return rows
+
+
+def before_after(old: dict[str, Any], cur: dict[str, Any]) -> str:
+    def move(key: str, q: str) -> str:
+        a, b = old[key][q], cur[key][q]
+        return f"{_ms(a)} → {_ms(b)} ms ({_rel(b, a) * 100:+.0f} %)"
+
+    return (f"**Before → after** (same ticks, same exchange, interleaved): first order p50 {move('first', 'p50')}, "
+            f"p99 {move('first', 'p99')}; reversal open p50 {move('open', 'p50')}, p99 {move('open', 'p99')}; "
+            f"bot CPU per tick {old['cpu_us']:.0f} → {cur['cpu_us']:.0f} µs. Orders received: {old['orders']:,} "
+            f"({old['filled']:,} filled) before, {cur['orders']:,} ({cur['filled']:,} filled) after.")
+
+
+def dashboard_text(cur: dict[str, Any], ld: dict[str, Any], ctl: dict[str, Any]) -> list[str]:
+    d, s = ld["dashboard"], summary(ld["first"])
+    so = summary(ld["open"])
+    rows = ["| run (current tree) | first orders | p50 ms | p99 ms | open p50 / p99 ms | dashboard requests/s | "
+            "CPU % of a core: dashboard / load generator / bot / others |", "|---|---:|---:|---:|---:|---:|---:|"]
+    if cur:
+        rows.append(f"| plain (above) | {cur['first']['n']:,} | {_ms(cur['first']['p50'])} | "
+                    f"{_ms(cur['first']['p99'])} | {_ms(cur['open']['p50'])} / {_ms(cur['open']['p99'])} | — | — |")
+    for name, r in (("dashboard hammered: `/api/status`, `/api/candles`, `/api/trades`, `/` in turn", ld),
+                    ("control: the same clients on `/healthz` (no SQLite)", ctl)):
+        if not r.get("first"):
+            continue
+        x, xo, dd = summary(r["first"]), summary(r["open"]), r["dashboard"]
+        rest = max(r["others"] - dd.get("dash_cpu", 0) - dd.get("load_cpu", 0), 0)
+        rows.append(f"| {name} | {x['n']:,} | {_ms(x['p50'])} | {_ms(x['p99'])} | {_ms(xo['p50'])} / "
+                    f"{_ms(xo['p99'])} | {dd.get('rps', 0):,.0f} | {dd.get('dash_cpu', 0):.0f} / "
+                    f"{dd.get('load_cpu', 0):.0f} / {r['bot_cpu']:.0f} / {rest:.0f} |")
+    text = (f"**Dashboard hammered.** A fresh current bot, while the real dashboard (`python dashboard.py`, reading "
+            f"that bot's DB read-only) served {d.get('threads', 4)} keep-alive clients of `bench/dashboard_load.py` "
+            f"(a process of its own) back to back: {d.get('requests', 0):,} requests in {d.get('seconds', 0):.0f} s, "
+            f"{d.get('errors', 0)} errors; \"database busy\" lines in the bot's log: {ld.get('db_busy', 0)}. "
+            f"First order p50 / p99 {_ms(s['p50'])} / {_ms(s['p99'])} ms, reversal open {_ms(so['p50'])} / "
+            f"{_ms(so['p99'])} ms. The dashboard and the bot share nothing but the SQLite file (WAL: readers never "
+            f"block the writer) and the machine's {os.cpu_count()} cores, so what moves the bot here is CPU "
+            f"contention; the control run shows how much of it comes without any SQLite.")
+    return [text, "", *rows]
+
+
+def _step_rows(keys: tuple[str, ...], quiet: dict[str, list[float]], loaded: dict[str, list[float]]) -> list[str]:
+    rows = []
+    for k in (*keys, "total"):
+        q, h = summary(quiet.get(k, [])), summary(loaded.get(k, []))
+        rows.append(f"| {STEP_LABELS[k]} | {q['p50']:.3f} | {q['p99']:.3f} | "
+                    + (f"{h['p50']:.3f} | {h['p99']:.3f} |" if h["n"] else "— | — |"))
+    return rows
+
+
+def breakdown(res: dict[str, Any], ld: dict[str, Any]) -> list[str]:
+    """Where the time goes: the product's timing probes between the exchange's two stamps."""
+    quiet: dict[str, dict[str, list[float]]] = {"first": {}, "open": {}}
+    for r in res["runs"]:
+        if r.get("variant") == "current" and r.get("steps"):
+            for leg in ("first", "open"):
+                for k, v in r["steps"].get(leg, {}).items():
+                    quiet[leg].setdefault(k, []).extend(v)
+    loaded = (ld.get("steps") or {"first": {}, "open": {}}) if ld else {"first": {}, "open": {}}
+    n = len(quiet["first"].get("total", []))
+    if not n:
+        return ["### Where the time goes", "", "No timing probes were recorded."]
+    head = ["| step | quiet p50 ms | quiet p99 ms | hammered p50 ms | hammered p99 ms |", "|---|---:|---:|---:|---:|"]
+    return ["### Where the time goes", "",
+            f"From the product's own timing probes (`BOLLMIN_TIMING`: the bot notes `perf_counter_ns` at fixed "
+            f"points of an order's way and writes them at exit) between the exchange's two stamps; \"quiet\": the "
+            f"plain runs of the current tree ({n:,} first orders), \"hammered\": the run with the dashboard under "
+            f"load. Percentiles are per step: only the p50 column roughly adds up to the total.", "",
+            "A transition's first order:", "", *head, *_step_rows(STEP_KEYS, quiet["first"], loaded.get("first", {})),
+            "", f"The open leg of a reversal ({len(quiet['open'].get('total', [])):,} in the quiet runs), from the "
+                "deciding trade:", "", *head, *_step_rows(OPEN_STEP_KEYS, quiet["open"], loaded.get("open", {}))]
