@@ -1,7 +1,7 @@
 """Run every benchmark and regenerate BENCHMARKS.md from their output.
 
     .venv/bin/python bench/run_all.py                 # all of them (about 25 minutes on a quiet machine)
-    .venv/bin/python bench/run_all.py core latency    # only some sections
+    .venv/bin/python bench/run_all.py core parity     # only some sections
 
 Each benchmark prints a markdown section on stdout; this script puts it between the section's
 markers (``<!-- NAME:begin -->`` … ``<!-- NAME:end -->``) in BENCHMARKS.md, keeping the other
@@ -29,6 +29,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "core": ("bench/bench_core.py", "Core engine"),
     "dashboard": ("bench/bench_dashboard.py", "Dashboard"),
     "latency": ("bench/bench_latency.py", "Tick-to-order latency"),
+    "parity": ("bench/bench_parity.py", "Live orders = backtest, at speed"),
     "firehose": ("bench/bench_firehose.py", "Firehose"),
 }
 SECTION = re.compile(r"\n*<!-- ([a-z_]+):begin -->\n.*?<!-- \1:end -->\n?", re.S)
