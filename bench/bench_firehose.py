@@ -301,7 +301,7 @@ def main() -> int:
             res = json.load(fh)
     else:
         res = asyncio.run(measure(args, log))
-        res["command"] = " ".join(["python bench/bench_firehose.py", *sys.argv[1:]])
+        res["command"] = bb.command_line("bench_firehose.py", sys.argv[1:])
     section = render(res)
     sys.stdout.write(section)
     if args.raw:

@@ -237,7 +237,7 @@ def main() -> int:
             res = json.load(fh)
     else:
         res = asyncio.run(measure(args, log))
-        res["command"] = " ".join(["python bench/bench_latency.py", *sys.argv[1:]])
+        res["command"] = bb.command_line("bench_latency.py", sys.argv[1:])
     section = latency_report.render(res)
     sys.stdout.write(section)
     if args.raw:

@@ -345,7 +345,7 @@ def main() -> int:
         except ValueError:
             parser.error("--pairs are R:L and --bursts N:M:L (numbers)")
         res = asyncio.run(measure(args, log))
-        res["command"] = " ".join(["python bench/bench_parity.py", *sys.argv[1:]])
+        res["command"] = bb.command_line("bench_parity.py", sys.argv[1:])
     section = render(res)
     sys.stdout.write(section)
     if args.raw:

@@ -68,6 +68,18 @@ def stderr_log(name: str) -> Callable[[str], None]:
     return log
 
 
+def command_line(script: str, argv: list[str]) -> str:
+    """How the figures were made, for the section: ``python bench/<script> <options>`` without ``--raw PATH``
+    (it only saves them)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg == "--raw":
+            skip = not skip
+            continue
+        kept.append(arg)
+    return " ".join(["python", f"bench/{script}", *kept])
+
+
 def pct(sorted_values: list[float], p: float) -> float:
     """Nearest-rank percentile of an already sorted list (NaN when empty)."""
     if not sorted_values:

@@ -107,10 +107,10 @@ def render(res: dict[str, Any]) -> str:
     for r in res["runs"]:
         if "error" in r:
             out.append(f"\n**{r['variant']} (round {r['round'] + 1}) failed:** `{r['error'][-300:]}`")
-    out += ["", f"Before: `{base['short']}` ({base['subject']}). \"Bot CPU per tick\": the bot process's CPU "
-                f"during the replay over the trades replayed (every message, order, heartbeat and write included). "
-                f"Timing probes are on in every run of the current tree (a list append per point, microseconds "
-                f"per order); the baseline has none."]
+    out += ["", (f"Before: `{base['short']}` ({base['subject']}). " if old else "")
+            + "\"Bot CPU per tick\": the bot process's CPU during the replay over the trades replayed (every "
+            "message, order, heartbeat and write included). Timing probes are on in every run of the current tree "
+            "(a list append per point, microseconds per order); the baseline has none."]
     if cur:
         out += ["", *targets(cur, ld)]
     if cur and old:

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/run_all.py                 # all of them (about 25 minutes on a quiet machine)
     .venv/bin/python bench/run_all.py core parity     # only some sections
+    .venv/bin/python bench/run_all.py --raw-dir DIR   # also keep latency/parity/firehose values as DIR/NAME.json
 
 Each benchmark prints a markdown section on stdout; this script puts it between the section's
 markers (``<!-- NAME:begin -->`` … ``<!-- NAME:end -->``) in BENCHMARKS.md, keeping the other
@@ -32,6 +33,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "parity": ("bench/bench_parity.py", "Live orders = backtest, at speed"),
     "firehose": ("bench/bench_firehose.py", "Firehose"),
 }
+SAVES_RAW = {"latency", "parity", "firehose"}  # scripts with --raw PATH / --from-raw PATH
 SECTION = re.compile(r"\n*<!-- ([a-z_]+):begin -->\n.*?<!-- \1:end -->\n?", re.S)
 
 HEADER = """# Benchmarks
@@ -49,12 +51,13 @@ Each section is the output of one script in `bench/` (named on its Command line)
 def machine() -> str:
     return common.machine()
 
-def run_one(name: str) -> tuple[bool, str]:
+def run_one(name: str, raw_dir: str | None = None) -> tuple[bool, str]:
     script, title = BENCHES[name]
     load = os.getloadavg()[0]
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, script)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=3600)
+    extra = ["--raw", os.path.join(raw_dir, f"{name}.json")] if raw_dir and name in SAVES_RAW else []
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *extra], cwd=ROOT, capture_output=True,
+                          text=True, timeout=3600)
     took = time.monotonic() - started
     body = proc.stdout.strip()
     if not body.lstrip().startswith("## "):
@@ -100,6 +103,15 @@ def main(argv: list[str]) -> int:
         print(__doc__.strip())
         print(f"\nbenchmarks: {', '.join(f'{n} ({s})' for n, (s, _t) in BENCHES.items())}")
         return 0
+    raw_dir = None
+    if "--raw-dir" in argv:  # keep the measured values of the scripts that can re-render them (--from-raw)
+        at = argv.index("--raw-dir")
+        raw_dir = argv[at + 1] if at + 1 < len(argv) else None
+        if raw_dir is None:
+            print("run_all: --raw-dir needs a directory", file=sys.stderr)
+            return 2
+        os.makedirs(raw_dir, exist_ok=True)
+        argv = argv[:at] + argv[at + 2:]
     names = argv or list(BENCHES)
     unknown = [n for n in names if n not in BENCHES]
     if unknown:
@@ -111,7 +123,7 @@ def main(argv: list[str]) -> int:
     sections = {}
     for name in names:
         print(f"running {name} ...", flush=True)
-        ok, body = run_one(name)
+        ok, body = run_one(name, raw_dir)
         ok_all &= ok
         sections[name] = body
         misses = body.count("**NO**") + body.count("MISSED")
