@@ -29,7 +29,6 @@ About 3 minutes on a quiet 2-core machine, plus the wait for one (``--wait-quiet
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import random
@@ -47,7 +46,7 @@ SWITCH_INTERVAL_S = 0.0005
 TARGET_RATE = 20_000        # msg/s
 TARGET_RSS_MB = 150.0       # after 10⁶ ticks
 TARGET_GROWTH_MB = 2.0      # from 10⁵ to 10⁶ ticks
-CHANGE = 0.10               # a library "changes" a figure when it moves it by 10 % or more
+CHANGE = 0.10               # a variant "changes" a figure when it moves it by 10 % or more in every round
 MB = 2 ** 20
 LABELS = {"baseline": "before: {short}", "current": "**after: current tree**", "uvloop": "current + uvloop",
           "orjson": "current + orjson (feed parser)", "uvloop+orjson": "current + uvloop + orjson"}
@@ -187,7 +186,8 @@ def compare_rows(res: dict[str, Any]) -> tuple[list[str], dict[str, dict[str, fl
     return rows, means
 
 
-def verdicts(means: dict[str, dict[str, float]]) -> list[str]:
+def verdicts(res: dict[str, Any], means: dict[str, dict[str, float]]) -> list[str]:
+    """Before → after, and each library against the current bot of the same round."""
     cur = means.get("current")
     if not cur:
         return []
@@ -196,20 +196,19 @@ def verdicts(means: dict[str, dict[str, float]]) -> list[str]:
         b = means["baseline"]
         out.append(f"- Before → after: {b['rate']:,.0f} → {cur['rate']:,.0f} msg/s "
                    f"({cur['rate'] / b['rate'] * 100 - 100:+.0f} %), {b['main_us']:.1f} → {cur['main_us']:.1f} µs of "
-                   f"main-thread CPU per message.")
+                   f"main-thread CPU per message (means of the rounds).")
     for v in ("uvloop", "orjson", "uvloop+orjson"):
-        if v not in means:
-            continue
-        rate = means[v]["rate"] / cur["rate"] - 1
-        cpu = means[v]["main_us"] / cur["main_us"] - 1
-        if rate != rate or cpu != cpu:
-            out.append(f"- {LABELS[v]}: not measured (a run too short or failed).")
-            continue
-        good, bad = (rate >= CHANGE or cpu <= -CHANGE), (rate <= -CHANGE or cpu >= CHANGE)
-        call = "mixed" if good and bad else "pays off" if good else "worse" if bad else \
-            f"no change of {CHANGE * 100:.0f} % or more"
-        out.append(f"- {LABELS[v]}: rate {rate * 100:+.0f} %, main-thread CPU per message {cpu * 100:+.0f} % → "
-                   f"**{call}** at saturation.")
+        moves: dict[str, list[float]] = {"time per message": [], "main-thread CPU per message": []}
+        for rnd in range(res["rounds"]):
+            a = next((r for r in res["variants"] if r["variant"] == v and r["round"] == rnd and "rate" in r), None)
+            c = next((r for r in res["variants"] if r["variant"] == "current" and r["round"] == rnd and "rate" in r),
+                     None)
+            if a is not None and c is not None:
+                moves["time per message"].append(c["rate"] / a["rate"] - 1)
+                moves["main-thread CPU per message"].append(a["main_us"] / c["main_us"] - 1)
+        if moves["time per message"]:
+            words, call = bb.judge(moves, CHANGE)
+            out.append(f"- {LABELS[v]}: {words} → **{call}** at saturation.")
     return out
 
 
@@ -261,7 +260,8 @@ def render(res: dict[str, Any]) -> str:
                     f"a fresh bot each, in {res['rounds']} interleaved rounds. Before: `{res['baseline']['short']}` "
                     f"({res['baseline']['subject']}); uvloop and orjson through `bench/botwrap.py` (uvloop's event "
                     f"loop policy; `orjson.loads` as the feed's parser). A figure counts as changed at "
-                    f"±{CHANGE * 100:.0f} % or more.", "", *rows, "", *verdicts(means)]
+                    f"±{CHANGE * 100:.0f} % or more the same way in every round (against the current bot of the same "
+                    f"round).", "", *rows, "", *verdicts(res, means)]
     for r in res["variants"]:
         if "error" in r:
             out.append(f"\n**{r['variant']} (round {r['round'] + 1}) failed:** `{r['error'][-300:]}`")
@@ -300,7 +300,9 @@ def main() -> int:
         with open(args.from_raw, encoding="utf-8") as fh:
             res = json.load(fh)
     else:
-        res = asyncio.run(measure(args, log))
+        res = bb.run_measure(measure, args, log, log=log)
+        if res is None:
+            return 130
         res["command"] = bb.command_line("bench_firehose.py", sys.argv[1:])
     section = render(res)
     sys.stdout.write(section)

@@ -17,7 +17,8 @@ headline figure; the open leg of a reversal (sent once the close has filled) is 
 Bots measured, in ``--rounds`` interleaved rounds (order reversed every other round) so that the
 machine's noise hits all of them: the product at ``--baseline`` (default 106a7ce, before the order
 executor; ``git archive`` into a temp dir, removed afterwards), the current tree, and the current
-tree through ``bench/botwrap.py`` with uvloop, orjson (the feed's parser) and both. Then the current
+tree through ``bench/botwrap.py`` with uvloop, orjson (the feed's parser) and both, and (a diagnostic)
+with a 0.5 ms GIL switch interval instead of CPython's 5 ms: does the tail wait for the GIL? Then the current
 bot with the dashboard hammered by ``bench/dashboard_load.py``, and a control run with the same
 clients on ``/healthz`` (no SQLite). Where the time goes comes from the product's own timing probes
 (``BOLLMIN_TIMING``), on in every run of the current tree (a list append per point).
@@ -39,7 +40,7 @@ import botbench as bb
 import common
 import latency_report
 
-VARIANTS = ("baseline", "current", "uvloop", "orjson", "uvloop+orjson")
+VARIANTS = ("baseline", "current", "uvloop", "orjson", "uvloop+orjson", "switch")
 CONTROL_PATHS = ("/healthz",)  # Flask and JSON, no SQLite
 
 
@@ -236,7 +237,9 @@ def main() -> int:
         with open(args.from_raw, encoding="utf-8") as fh:
             res = json.load(fh)
     else:
-        res = asyncio.run(measure(args, log))
+        res = bb.run_measure(measure, args, log, log=log)
+        if res is None:
+            return 130
         res["command"] = bb.command_line("bench_latency.py", sys.argv[1:])
     section = latency_report.render(res)
     sys.stdout.write(section)

@@ -344,7 +344,9 @@ def main() -> int:
             parse_cases(args.pairs, args.bursts)
         except ValueError:
             parser.error("--pairs are R:L and --bursts N:M:L (numbers)")
-        res = asyncio.run(measure(args, log))
+        res = bb.run_measure(measure, args, log, log=log)
+        if res is None:
+            return 130
         res["command"] = bb.command_line("bench_parity.py", sys.argv[1:])
     section = render(res)
     sys.stdout.write(section)

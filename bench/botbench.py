@@ -57,6 +57,7 @@ VARIANT_ENV: dict[str, dict[str, str]] = {
     "uvloop": {"BENCH_UVLOOP": "1"},
     "orjson": {"BENCH_ORJSON": "1"},
     "uvloop+orjson": {"BENCH_UVLOOP": "1", "BENCH_ORJSON": "1"},
+    "switch": {"BENCH_SWITCH_INTERVAL_S": "0.0005"},  # a diagnostic: does the tail wait for the GIL?
 }
 
 
@@ -78,6 +79,23 @@ def command_line(script: str, argv: list[str]) -> str:
             continue
         kept.append(arg)
     return " ".join(["python", f"bench/{script}", *kept])
+
+
+def judge(moves: dict[str, list[float]], change: float = 0.10) -> tuple[str, str]:
+    """A verdict on a variant from the relative change of each figure, one value per round (negative:
+    better). A figure counts only when it moved by ``change`` or more the same way in every round: one
+    noisy run on a shared machine must not decide. Returns (the changes in words, the verdict)."""
+    moves = {k: v for k, v in moves.items() if v and all(x == x for x in v)}  # NaN: not measured
+    better = [k for k, v in moves.items() if all(x <= -change for x in v)]
+    worse = [k for k, v in moves.items() if all(x >= change for x in v)]
+    words = ", ".join(f"{k} " + " / ".join(f"{x * 100:+.0f} %" for x in v) for k, v in moves.items())
+    if better and not worse:
+        return words, "pays off"
+    if worse and not better:
+        return words, "does not pay off (worse)"
+    if better and worse:
+        return words, "mixed"
+    return words, f"does not pay off (no change of {change * 100:.0f} % or more the same way in every round)"
 
 
 def pct(sorted_values: list[float], p: float) -> float:
@@ -254,6 +272,23 @@ class BotProcess:
                 return [tuple(x) for x in json.load(fh)]
         except (OSError, ValueError):
             return []
+
+
+def run_measure(measure: Callable[..., Any], *args: Any, log: Callable[[str], None]) -> Any:
+    """``asyncio.run(measure(*args))``, or None when interrupted (SIGINT or SIGTERM).
+
+    SIGTERM becomes KeyboardInterrupt: ``asyncio.run`` then cancels the bench's tasks, and every
+    ``finally`` stops what it started (a bare SIGTERM would leave the bots and temp dirs behind).
+    """
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        return asyncio.run(measure(*args))
+    except KeyboardInterrupt:
+        log("interrupted; every process the bench started has been stopped")
+        return None
 
 
 async def wait_until(predicate: Callable[[], Any], timeout: float, what: str, bot: BotProcess,

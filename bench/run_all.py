@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -51,13 +52,33 @@ Each section is the output of one script in `bench/` (named on its Command line)
 def machine() -> str:
     return common.machine()
 
+_RUNNING: list[subprocess.Popen] = []  # the benchmark running now
+_STOPPING: list[bool] = []
+
+
+def _forward_sigterm(signum: int, frame: object) -> None:
+    """Pass SIGTERM on to the running benchmark (it stops what it started), then stop without writing."""
+    _STOPPING.append(True)
+    for proc in _RUNNING:
+        proc.terminate()
+
+
 def run_one(name: str, raw_dir: str | None = None) -> tuple[bool, str]:
     script, title = BENCHES[name]
     load = os.getloadavg()[0]
     started = time.monotonic()
     extra = ["--raw", os.path.join(raw_dir, f"{name}.json")] if raw_dir and name in SAVES_RAW else []
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *extra], cwd=ROOT, capture_output=True,
-                          text=True, timeout=3600)
+    with subprocess.Popen([sys.executable, os.path.join(ROOT, script), *extra], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as proc:
+        _RUNNING[:] = [proc]
+        try:
+            out, err = proc.communicate(timeout=3600)
+        except subprocess.TimeoutExpired:
+            proc.terminate()  # the benchmark stops its own processes on SIGTERM
+            out, err = proc.communicate(timeout=60)
+        finally:
+            _RUNNING.clear()
+    proc = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     took = time.monotonic() - started
     body = proc.stdout.strip()
     if not body.lstrip().startswith("## "):
@@ -119,11 +140,15 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     print(f"machine: {machine()}")
+    signal.signal(signal.SIGTERM, _forward_sigterm)
     ok_all = True
     sections = {}
     for name in names:
         print(f"running {name} ...", flush=True)
         ok, body = run_one(name, raw_dir)
+        if _STOPPING:
+            print("stopped (SIGTERM): BENCHMARKS.md left as it was", file=sys.stderr)
+            return 1
         ok_all &= ok
         sections[name] = body
         misses = body.count("**NO**") + body.count("MISSED")
