@@ -29,6 +29,7 @@ About 3 minutes on a quiet 2-core machine, plus the wait for one (``--wait-quiet
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -129,7 +130,8 @@ async def measure(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     log(f"{len(msgs):,} messages serialized in {time.monotonic() - t0:.1f}s, "
         f"{sum(map(len, msgs)) / len(msgs):.0f} bytes each on average")
     marks = sorted({args.first_mark, args.ticks, args.plateau_ticks})
-    with tempfile.TemporaryDirectory(prefix="bollmin-bench-firehose-") as tmp, bb.product_at(args.baseline) as old:
+    baseline = bb.product_at(args.baseline) if "baseline" in args.variants else contextlib.nullcontext(bb.ROOT)
+    with tempfile.TemporaryDirectory(prefix="bollmin-bench-firehose-") as tmp, baseline as old:
         await bb.wait_quiet(args.wait_quiet, log)
         res["main"] = await firehose_run(os.path.join(tmp, "main"), msgs, after_tick, history, marks, log)
         log(f"saturation {res['main']['rate']:,.0f} msg/s at {res['main']['cpu']:.0f} % CPU")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -169,8 +170,8 @@ async def measure(args: argparse.Namespace, log: Any) -> dict[str, Any]:
                            "baseline": {"ref": args.baseline, "short": short, "subject": subject},
                            "runs": [], "loaded": {}, "control": {}}
     per_run = max(args.crossings // args.rounds, 1)
-    with tempfile.TemporaryDirectory(prefix="bollmin-bench-latency-") as tmp, bb.product_at(args.baseline) as old:
-        log(f"baseline {short} ({subject[:60]}) unpacked in {old}")
+    baseline = bb.product_at(args.baseline) if "baseline" in args.variants else contextlib.nullcontext(bb.ROOT)
+    with tempfile.TemporaryDirectory(prefix="bollmin-bench-latency-") as tmp, baseline as old:
         for rnd in range(args.rounds):
             order = VARIANTS if rnd % 2 == 0 else tuple(reversed(VARIANTS))
             for variant in order:

@@ -132,7 +132,8 @@ def render(res: dict[str, Any]) -> str:
                     f"{words}. "
                     + ("A tail that shrinks this way is the event loop waiting for the GIL while the bot's other "
                        "threads (its DB writer, its log writer) hold it." if call == "pays off" else
-                       "No consistent change: the tail is not the event loop waiting for the GIL.")]
+                       "No improvement the same way in every round: this run gives no sign that the tail is the "
+                       "event loop waiting for the GIL.")]
     if ld.get("first"):
         out += ["", *dashboard_text(cur, ld, ctl)]
     out += ["", *breakdown(res, ld)]
