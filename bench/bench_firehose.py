@@ -23,7 +23,7 @@ so candles roll on exchange timestamps and the strategy trades.
 * When RSS grows past the target while the DB writer's queue piles up: once more with a shorter
   GIL switch interval in the bot (``bench/botwrap.py``), to see whether the writer waits for the GIL.
 
-About 3 minutes on a quiet 2-core machine, plus the wait for one (``--wait-quiet``).
+About 6 minutes on a quiet 2-core machine, plus the wait for one (``--wait-quiet``).
 """
 
 from __future__ import annotations
@@ -188,29 +188,40 @@ def compare_rows(res: dict[str, Any]) -> tuple[list[str], dict[str, dict[str, fl
     return rows, means
 
 
+def paired(res: dict[str, Any], variant: str, reference: str, **kw: Any) -> tuple[str, str] | None:
+    """``variant`` against ``reference`` in the same round (None when they never ran in one)."""
+    moves: dict[str, list[float]] = {"time per message": [], "main-thread CPU per message": []}
+    busy, seen = 0, False
+    for rnd in range(res["rounds"]):
+        a = next((r for r in res["variants"] if r["variant"] == variant and r["round"] == rnd and "rate" in r), None)
+        c = next((r for r in res["variants"] if r["variant"] == reference and r["round"] == rnd and "rate" in r), None)
+        if a is None or c is None:
+            continue
+        seen = True
+        if max(a["others"], c["others"]) >= bb.NOISY_PCT:
+            busy += 1
+            continue
+        moves["time per message"].append(c["rate"] / a["rate"] - 1)
+        moves["main-thread CPU per message"].append(a["main_us"] / c["main_us"] - 1)
+    return bb.judge(moves, CHANGE, busy, **kw) if seen else None
+
+
 def verdicts(res: dict[str, Any], means: dict[str, dict[str, float]]) -> list[str]:
     """Before → after, and each library against the current bot of the same round."""
     cur = means.get("current")
     if not cur:
         return []
     out = []
-    if "baseline" in means:
+    ba = paired(res, "current", "baseline", outcomes=bb.BEFORE_AFTER)
+    if "baseline" in means and ba:
         b = means["baseline"]
-        out.append(f"- Before → after: {b['rate']:,.0f} → {cur['rate']:,.0f} msg/s "
-                   f"({cur['rate'] / b['rate'] * 100 - 100:+.0f} %), {b['main_us']:.1f} → {cur['main_us']:.1f} µs of "
-                   f"main-thread CPU per message (means of the rounds).")
+        out.append(f"- Before → after: {b['rate']:,.0f} → {cur['rate']:,.0f} msg/s, {b['main_us']:.1f} → "
+                   f"{cur['main_us']:.1f} µs of main-thread CPU per message (means of all rounds); per round, after "
+                   f"against before: {ba[0]} → **{ba[1]}**.")
     for v in ("uvloop", "orjson", "uvloop+orjson"):
-        moves: dict[str, list[float]] = {"time per message": [], "main-thread CPU per message": []}
-        for rnd in range(res["rounds"]):
-            a = next((r for r in res["variants"] if r["variant"] == v and r["round"] == rnd and "rate" in r), None)
-            c = next((r for r in res["variants"] if r["variant"] == "current" and r["round"] == rnd and "rate" in r),
-                     None)
-            if a is not None and c is not None:
-                moves["time per message"].append(c["rate"] / a["rate"] - 1)
-                moves["main-thread CPU per message"].append(a["main_us"] / c["main_us"] - 1)
-        if moves["time per message"]:
-            words, call = bb.judge(moves, CHANGE)
-            out.append(f"- {LABELS[v]}: {words} → **{call}** at saturation.")
+        judged = paired(res, v, "current")
+        if judged:
+            out.append(f"- {LABELS[v]}: {judged[0]} → **{judged[1]}** at saturation.")
     return out
 
 
@@ -263,7 +274,8 @@ def render(res: dict[str, Any]) -> str:
                     f"({res['baseline']['subject']}); uvloop and orjson through `bench/botwrap.py` (uvloop's event "
                     f"loop policy; `orjson.loads` as the feed's parser). A figure counts as changed at "
                     f"±{CHANGE * 100:.0f} % or more the same way in every round (against the current bot of the same "
-                    f"round).", "", *rows, "", *verdicts(res, means)]
+                    f"round; rounds in which either run had other processes at {bb.NOISY_PCT:g} % of a core or more "
+                    f"are left out).", "", *rows, "", *verdicts(res, means)]
     for r in res["variants"]:
         if "error" in r:
             out.append(f"\n**{r['variant']} (round {r['round'] + 1}) failed:** `{r['error'][-300:]}`")
@@ -288,7 +300,7 @@ def main() -> int:
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS,
                         help="bots whose saturation rate is compared (none: skip)")
     parser.add_argument("--variant-ticks", type=int, default=600_000, help="ticks per comparison run")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the comparison")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the comparison")
     parser.add_argument("--wait-quiet", type=float, default=60.0, metavar="S",
                         help="before each run, wait up to S seconds for other processes to calm down")
     parser.add_argument("--raw", metavar="PATH", help="also write every measured value as JSON to PATH")

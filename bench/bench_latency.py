@@ -22,7 +22,7 @@ with a 0.5 ms GIL switch interval instead of CPython's 5 ms: does the tail wait 
 bot with the dashboard hammered by ``bench/dashboard_load.py``, and a control run with the same
 clients on ``/healthz`` (no SQLite). Where the time goes comes from the product's own timing probes
 (``BOLLMIN_TIMING``), on in every run of the current tree (a list append per point).
-About 10 minutes on a quiet 2-core machine; each run waits for one first (``--wait-quiet``).
+About 13 minutes on a quiet 2-core machine; each run waits for one first (``--wait-quiet``).
 """
 
 from __future__ import annotations
@@ -219,8 +219,8 @@ def main() -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
                         help="bots to compare (default: all)")
     parser.add_argument("--speed", type=float, default=4000.0, help="replay speed (× real time)")
-    parser.add_argument("--crossings", type=int, default=1000, help="first orders per bot, over all rounds")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (each bot once per round)")
+    parser.add_argument("--crossings", type=int, default=900, help="first orders per bot, over all rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each bot once per round)")
     parser.add_argument("--load-crossings", type=int, default=1000, metavar="N",
                         help="first orders with the dashboard hammered (0: skip, and skip the control)")
     parser.add_argument("--control-crossings", type=int, default=500, metavar="N",

@@ -81,21 +81,38 @@ def command_line(script: str, argv: list[str]) -> str:
     return " ".join(["python", f"bench/{script}", *kept])
 
 
-def judge(moves: dict[str, list[float]], change: float = 0.10) -> tuple[str, str]:
+QUIET_PCT = 25.0  # other processes below this, % of one core: a quiet machine (wait_quiet's bar)
+NOISY_PCT = 50.0  # a round of a comparison counts only when both runs had other processes below this
+
+
+PAYS_OFF = ("pays off", "does not pay off (worse)", "mixed", "does not pay off")
+BEFORE_AFTER = ("better after", "worse after", "mixed", "no clear change")
+
+
+def judge(moves: dict[str, list[float]], change: float = 0.10, busy_rounds: int = 0,
+          min_rounds: int = 2, outcomes: tuple[str, str, str, str] = PAYS_OFF) -> tuple[str, str]:
     """A verdict on a variant from the relative change of each figure, one value per round (negative:
-    better). A figure counts only when it moved by ``change`` or more the same way in every round: one
-    noisy run on a shared machine must not decide. Returns (the changes in words, the verdict)."""
+    better). A figure counts only when it moved by ``change`` or more the same way in every round
+    counted, and at least ``min_rounds`` must count: one noisy run on a shared machine must not decide.
+    The caller leaves out the rounds in which either run had other processes at ``NOISY_PCT`` or more
+    (``busy_rounds`` says how many). Returns (the changes in words, the verdict)."""
     moves = {k: v for k, v in moves.items() if v and all(x == x for x in v)}  # NaN: not measured
+    counted = len(next(iter(moves.values()))) if moves else 0
     better = [k for k, v in moves.items() if all(x <= -change for x in v)]
     worse = [k for k, v in moves.items() if all(x >= change for x in v)]
     words = ", ".join(f"{k} " + " / ".join(f"{x * 100:+.0f} %" for x in v) for k, v in moves.items())
+    if busy_rounds:
+        words = f"{words} ({counted} round(s) counted, {busy_rounds} busy left out)".strip()
+    if counted < min_rounds:
+        return words, (f"not judged: fewer than {min_rounds} rounds in which both runs had other processes "
+                       f"below {NOISY_PCT:g} % of a core")
     if better and not worse:
-        return words, "pays off"
+        return words, outcomes[0]
     if worse and not better:
-        return words, "does not pay off (worse)"
+        return words, outcomes[1]
     if better and worse:
-        return words, "mixed"
-    return words, f"does not pay off (no change of {change * 100:.0f} % or more the same way in every round)"
+        return words, outcomes[2]
+    return words, f"{outcomes[3]} (no change of {change * 100:.0f} % or more the same way in every round counted)"
 
 
 def pct(sorted_values: list[float], p: float) -> float:
@@ -343,7 +360,7 @@ class LoadMeter:
         return max(busy_s() - self._busy0 - (self._ours() - self._ours0), 0.0) / span * 100
 
 
-async def wait_quiet(max_s: float, log: Callable[[str], None], limit_pct: float = 25.0) -> float:
+async def wait_quiet(max_s: float, log: Callable[[str], None], limit_pct: float = QUIET_PCT) -> float:
     """Wait (at most ``max_s``) until other processes use less than ``limit_pct`` of one core over 2 s.
 
     Returns the last reading; the bench goes on either way (the load is reported with the figures).

@@ -1,6 +1,6 @@
 """Run every benchmark and regenerate BENCHMARKS.md from their output.
 
-    .venv/bin/python bench/run_all.py                 # all of them (about 25 minutes on a quiet machine)
+    .venv/bin/python bench/run_all.py                 # all of them (about 30 minutes on a quiet machine)
     .venv/bin/python bench/run_all.py core parity     # only some sections
     .venv/bin/python bench/run_all.py --raw-dir DIR   # also keep latency/parity/firehose values as DIR/NAME.json
 
