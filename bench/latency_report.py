@@ -81,7 +81,7 @@ def verdict(res: dict[str, Any], variant: str, reference: str = "current", **kw:
         moves["p50"].append(_rel(sa["p50"], sb["p50"]))
         moves["p99"].append(_rel(sa["p99"], sb["p99"]))
         moves["CPU per tick"].append(_rel(a["bot_cpu_s"] / a["ticks"], b["bot_cpu_s"] / b["ticks"]))
-    return judge(moves, CHANGE, busy)
+    return judge(moves, CHANGE, busy, **kw)
 
 
 def render(res: dict[str, Any]) -> str:
