@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Load generator for the dashboard (used by ``bench_run.py``): back-to-back keep-alive GETs.
+"""Load generator for the dashboard (used by ``bench_latency.py``): back-to-back keep-alive GETs.
 
     python bench/dashboard_load.py PORT [--threads 4] [--paths /api/status /api/candles ...]
 

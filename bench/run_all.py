@@ -1,19 +1,22 @@
 """Run every benchmark and regenerate BENCHMARKS.md from their output.
 
-    .venv/bin/python bench/run_all.py            # all of them (about 8 minutes on a quiet machine)
-    .venv/bin/python bench/run_all.py core run   # only some sections
+    .venv/bin/python bench/run_all.py                 # all of them (about 30 minutes on a quiet machine)
+    .venv/bin/python bench/run_all.py core parity     # only some sections
+    .venv/bin/python bench/run_all.py --raw-dir DIR   # also keep latency/parity/firehose values as DIR/NAME.json
 
 Each benchmark prints a markdown section on stdout; this script puts it between the section's
 markers (``<!-- NAME:begin -->`` … ``<!-- NAME:end -->``) in BENCHMARKS.md, keeping the other
 sections, and prints a one-line verdict per section. Each section names its machine and command
 (with the run time, exit code and load average added here). Exit code 1 when a benchmark failed
 to run; a missed target is not a failure: it is marked **NO** in the section's table.
+A section of BENCHMARKS.md whose name is no longer a benchmark here is removed.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -26,10 +29,14 @@ BENCH_MD = os.path.join(ROOT, "BENCHMARKS.md")
 # name -> (script, title when the script prints none)
 BENCHES: dict[str, tuple[str, str]] = {
     "core": ("bench/bench_core.py", "Core engine"),
-    "run": ("bench/bench_run.py", "The running bot"),
     "dashboard": ("bench/bench_dashboard.py", "Dashboard"),
     "lab": ("bench/bench_lab.py", "Strategy lab"),
+    "latency": ("bench/bench_latency.py", "Tick-to-order latency"),
+    "parity": ("bench/bench_parity.py", "Live orders = backtest, at speed"),
+    "firehose": ("bench/bench_firehose.py", "Firehose"),
 }
+SAVES_RAW = {"latency", "parity", "firehose"}  # scripts with --raw PATH / --from-raw PATH
+SECTION = re.compile(r"\n*<!-- ([a-z_]+):begin -->\n.*?<!-- \1:end -->\n?", re.S)
 
 HEADER = """# Benchmarks
 
@@ -39,18 +46,40 @@ Regenerate the whole file with one command:
     .venv/bin/python bench/run_all.py
 
 Timing targets live here, not in the test suite: timed tests flake on a shared 2-core machine.
+Each section is the output of one script in `bench/` (named on its Command line); none is written by hand.
 """
 
 
 def machine() -> str:
     return common.machine()
 
-def run_one(name: str) -> tuple[bool, str]:
+_RUNNING: list[subprocess.Popen] = []  # the benchmark running now
+_STOPPING: list[bool] = []
+
+
+def _forward_sigterm(signum: int, frame: object) -> None:
+    """Pass SIGTERM on to the running benchmark (it stops what it started), then stop without writing."""
+    _STOPPING.append(True)
+    for proc in _RUNNING:
+        proc.terminate()
+
+
+def run_one(name: str, raw_dir: str | None = None) -> tuple[bool, str]:
     script, title = BENCHES[name]
     load = os.getloadavg()[0]
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, script)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=1800)
+    extra = ["--raw", os.path.join(raw_dir, f"{name}.json")] if raw_dir and name in SAVES_RAW else []
+    with subprocess.Popen([sys.executable, os.path.join(ROOT, script), *extra], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as proc:
+        _RUNNING[:] = [proc]
+        try:
+            out, err = proc.communicate(timeout=3600)
+        except subprocess.TimeoutExpired:
+            proc.terminate()  # the benchmark stops its own processes on SIGTERM
+            out, err = proc.communicate(timeout=60)
+        finally:
+            _RUNNING.clear()
+    proc = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     took = time.monotonic() - started
     body = proc.stdout.strip()
     if not body.lstrip().startswith("## "):
@@ -78,6 +107,7 @@ def write(sections: dict[str, str]) -> None:
     except FileNotFoundError:
         text = HEADER
     text = re.sub(r"\A# Benchmarks\n.*?(?=<!-- |\Z)", HEADER + "\n", text, count=1, flags=re.S)
+    text = SECTION.sub(lambda m: m.group(0) if m.group(1) in BENCHES else "\n", text)  # drop retired sections
     for name, body in sections.items():
         begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
         block = f"{begin}\n{body}\n{end}"
@@ -91,6 +121,19 @@ def write(sections: dict[str, str]) -> None:
 
 
 def main(argv: list[str]) -> int:
+    if {"-h", "--help"} & set(argv):
+        print(__doc__.strip())
+        print(f"\nbenchmarks: {', '.join(f'{n} ({s})' for n, (s, _t) in BENCHES.items())}")
+        return 0
+    raw_dir = None
+    if "--raw-dir" in argv:  # keep the measured values of the scripts that can re-render them (--from-raw)
+        at = argv.index("--raw-dir")
+        raw_dir = argv[at + 1] if at + 1 < len(argv) else None
+        if raw_dir is None:
+            print("run_all: --raw-dir needs a directory", file=sys.stderr)
+            return 2
+        os.makedirs(raw_dir, exist_ok=True)
+        argv = argv[:at] + argv[at + 2:]
     names = argv or list(BENCHES)
     unknown = [n for n in names if n not in BENCHES]
     if unknown:
@@ -98,11 +141,15 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     print(f"machine: {machine()}")
+    signal.signal(signal.SIGTERM, _forward_sigterm)
     ok_all = True
     sections = {}
     for name in names:
         print(f"running {name} ...", flush=True)
-        ok, body = run_one(name)
+        ok, body = run_one(name, raw_dir)
+        if _STOPPING:
+            print("stopped (SIGTERM): BENCHMARKS.md left as it was", file=sys.stderr)
+            return 1
         ok_all &= ok
         sections[name] = body
         misses = body.count("**NO**") + body.count("MISSED")
