@@ -46,7 +46,8 @@ import psutil  # noqa: E402
 from aiohttp import web  # noqa: E402
 
 from simexchange import DEMO_API_KEY, DEMO_API_SECRET, SimExchange  # noqa: E402
-from simmarket import Replay, StreamHub  # noqa: E402
+from simexchange.market import Replay  # noqa: E402
+from simexchange.streams import StreamHub  # noqa: E402
 
 DATA_1M = os.path.join(ROOT, "marketdata", "btcusdt_um_1m_2025-05.csv.gz")
 WRAPPER = os.path.join(BENCH, "botwrap.py")
@@ -413,8 +414,9 @@ class TimedSim(SimExchange):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.hub = TimedHub(self.market, self.hub.queue_size)
-        self.replay = Replay(self.market, self.hub, self.replay.speed, self.replay.paused)
+        self.hub = TimedHub([x.market for x in self.listings.values()], self.hub.queue_size)
+        for x in self.listings.values():
+            x.replay = Replay(x.market, self.hub, x.replay.speed, x.replay.paused)
         self.app = self._make_app()  # routes bound to the new hub
         self.order_arrivals: list[tuple[int, str]] = []  # (perf_counter_ns, newClientOrderId)
 
