@@ -94,6 +94,7 @@ from dashboard_data import (
     Sampler,
     derive_status,
     fmt,
+    instance_rows,
     lab_view,
     page_alerts,
     read_chart,
@@ -111,6 +112,7 @@ log = logging.getLogger("bollmin.dashboard")
 HERE = os.path.dirname(os.path.abspath(__file__))
 STATUS_CACHE_S = 1.0  # the DB part of /api/status is read at most once per this
 LAB_SCAN_S = 10.0  # the directory of DB_PATH is searched for strategy-lab DBs at most once per this
+INSTANCE_SCAN_S = 10.0  # ... and for the DBs of other bot instances (several symbols)
 PNL_CACHE_S = 30.0  # chart and PnL JSON: recomputed when a candle or an order changes, and at least this often
 SESSION_S = 12 * 3600
 MAX_SESSIONS = 1000
@@ -320,8 +322,9 @@ class Assets:
 # ---- the app -----------------------------------------------------------------------------------
 
 class _Ctx:
-    """What the app keeps between requests (one per app: one DB; several instances later would
-    keep one of these per instance DB)."""
+    """What the app keeps between requests. ``db_path`` is the default instance's DB (DB_PATH);
+    every other bot instance's DB in the same directory is found by ``instances`` (several symbols
+    on one server: ``auto_deploy.sh add SYMBOL`` keeps each instance's DB there)."""
 
     def __init__(self, cfg: config.Config, db_path: str) -> None:
         self.cfg = cfg
@@ -333,9 +336,40 @@ class _Ctx:
         self.assets = Assets(os.path.join(HERE, "static"))
         self.sampler = Sampler(os.path.dirname(os.path.abspath(db_path)))
 
+    def instances(self) -> list[tuple[str, str]]:
+        """``(name, DB path)`` of every bot instance: the default one first, then the other bot DBs
+        beside it by name (a name is the DB file's name without ``.db``)."""
+        def scan() -> list[tuple[str, str]]:
+            default = os.path.abspath(self.db_path)
+            found = [(_instance_name(d["path"]), d["path"])
+                     for d in store.find_databases(os.path.dirname(default))
+                     if d["db_role"] == "bot" and os.path.abspath(d["path"]) != default]
+            return [(_instance_name(default), default), *sorted(found)]
+
+        return self.cache.get(("instances",), INSTANCE_SCAN_S, scan)
+
+
+def _instance_name(path: str) -> str:
+    name = os.path.basename(path)
+    return name[:-3] if name.endswith(".db") else name
+
 
 def _ctx() -> _Ctx:
     return current_app.extensions["bollmin"]
+
+
+def _instance() -> tuple[str, str]:
+    """The instance this request is about: ``?db=NAME`` (or the form's ``db``) when NAME is one the
+    dashboard found, else the default one. Anything else is ignored (never a path from outside)."""
+    if "instance" not in g:
+        wanted = request.args.get("db") or request.form.get("db") or ""
+        found = _ctx().instances()
+        g.instance = next((i for i in found if i[0] == wanted), found[0])
+    return g.instance
+
+
+def _db_path() -> str:
+    return _instance()[1]
 
 
 def get_lab_db() -> sqlite3.Connection | None:
@@ -357,12 +391,13 @@ def get_lab_db() -> sqlite3.Connection | None:
 
 
 def get_db() -> sqlite3.Connection | None:
-    """This request's read-only connection; None when the DB file does not exist yet."""
+    """This request's read-only connection to its instance's DB; None when it does not exist yet."""
     if "db" not in g:
+        path = _db_path()
         try:
-            g.db = store.connect_readonly(_ctx().db_path)
+            g.db = store.connect_readonly(path)
         except store.StoreError as exc:
-            if os.path.exists(_ctx().db_path):
+            if os.path.exists(path):
                 raise
             log.debug("%s", exc)
             g.db = None
@@ -501,8 +536,12 @@ def create_app(cfg: config.Config, *, db_path: str | None = None, testing: bool 
                                message=texts(_lang())["db_error"] + message), 503
 
     def snapshot() -> dict[str, Any]:
-        return ctx.cache.get(("status", ctx.db_path), STATUS_CACHE_S,
+        return ctx.cache.get(("status", _db_path()), STATUS_CACHE_S,
                              lambda: read_snapshot(get_db(), ctx.cfg, _now_ms(), get_lab_db()))
+
+    def instance_rows_cached() -> list[dict[str, Any]]:
+        return ctx.cache.get(("instance_rows",), STATUS_CACHE_S,
+                             lambda: instance_rows(ctx.instances(), ctx.cfg, _now_ms()))
 
     def cached_json(key: tuple[Any, ...], compute: Callable[[], Any]) -> Response:
         """The JSON of ``compute()``, encoded once per ``key`` (which names everything it depends on)."""
@@ -518,15 +557,20 @@ def create_app(cfg: config.Config, *, db_path: str | None = None, testing: bool 
             system = dict(system, bot={"pid": out["pid"], "cpu_pct": out["cpu_pct"], "rss_bytes": out["rss_bytes"],
                                        "uptime_s": out["uptime_s"], "source": "status"})
         out["system"] = system
-        out["db_path"] = ctx.db_path
-        out["alerts"] = page_alerts(out, snap, ctx.cfg, _lang(), ctx.db_path)
+        out["db_path"] = _db_path()
+        out["instance"] = _instance()[0]
+        out["alerts"] = page_alerts(out, snap, ctx.cfg, _lang(), _db_path())
         return out
 
     def page(template: str, name: str, s: dict[str, Any], **extra: Any) -> str:
         lang = _lang()
+        current = _instance()[0]
+        found = ctx.instances()
         return render_template(template, t=texts(lang), lang=lang, s=s, csrf=_csrf_token(), nonce=g.nonce,
                                has_password=bool(ctx.password), text_json=texts(lang), page_name=name,
-                               page_script=f"{name}.js", **extra)
+                               page_script=f"{name}.js", instances=instance_rows_cached() if len(found) > 1 else [],
+                               instance=current, dbq="" if current == found[0][0] else f"?db={current}",
+                               dbqa="" if current == found[0][0] else f"&db={current}", **extra)
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -557,6 +601,10 @@ def create_app(cfg: config.Config, *, db_path: str | None = None, testing: bool 
     def api_status() -> Response:
         return jsonify(status_json())
 
+    @app.get("/api/instances")
+    def api_instances() -> Response:
+        return jsonify({"rows": instance_rows_cached(), "current": _instance()[0]})
+
     @app.get("/api/system")
     def api_system() -> Response:
         return jsonify(status_json()["system"])
@@ -571,7 +619,7 @@ def create_app(cfg: config.Config, *, db_path: str | None = None, testing: bool 
         symbol = snap["status"].get("symbol") or ctx.cfg.SYMBOL
         interval = snap["status"].get("interval") or ctx.cfg.INTERVAL
         last = snap.get("last_order")
-        key = ("candles", ctx.db_path, limit, symbol, interval, snap.get("last_candle_ms"),
+        key = ("candles", _db_path(), limit, symbol, interval, snap.get("last_candle_ms"),
                last and (last["id"], last["updated_ms"]))
         return cached_json(key, lambda: read_chart(conn, ctx.cfg, symbol, interval, limit))
 
@@ -581,7 +629,7 @@ def create_app(cfg: config.Config, *, db_path: str | None = None, testing: bool 
         if conn is None:
             return jsonify(read_pnl_empty())
         last = snapshot().get("last_order")
-        return cached_json(("pnl", ctx.db_path, last and (last["id"], last["updated_ms"])), lambda: read_pnl(conn))
+        return cached_json(("pnl", _db_path(), last and (last["id"], last["updated_ms"])), lambda: read_pnl(conn))
 
     @app.get("/api/trades")
     def api_trades() -> Response:
@@ -675,19 +723,20 @@ def create_app(cfg: config.Config, *, db_path: str | None = None, testing: bool 
         lang, t = _lang(), texts(_lang())
         if request.form.get("confirm") != "1":
             return render_template("confirm.html", t=t, lang=lang, command=str(cmd), csrf=_csrf_token(),
-                                   question=t["confirm_" + cmd], nonce=g.nonce)
+                                   question=t["confirm_" + cmd], nonce=g.nonce, instance=_instance()[0])
         conn = get_db()
         if conn is None:
             return _deny(409, "the bot has not created its database yet")
         st = store.read_status(conn)
         if st.get("db_role") == "backtest" or (st.get("mode") or "").upper() == "BACKTEST":
             return _deny(409, "this database is a finished backtest; there is no bot to command")
-        command_id = store.add_command(ctx.db_path, cmd)
+        name, path = _instance()
+        command_id = store.add_command(path, cmd)  # only the chosen instance's bot sees it
         ctx.cache.clear()  # the next status shows the queued command
-        log.info("dashboard: queued command %s (id %d) from %s", cmd, command_id, request.remote_addr)
+        log.info("dashboard: queued command %s (id %d) for %s from %s", cmd, command_id, name, request.remote_addr)
         if _wants_json():
-            return jsonify({"ok": True, "id": command_id, "command": str(cmd), "status": "pending"})
-        return redirect("/#controls", code=303)
+            return jsonify({"ok": True, "id": command_id, "command": str(cmd), "status": "pending", "instance": name})
+        return redirect(("/" if name == ctx.instances()[0][0] else f"/?db={name}") + "#controls", code=303)
 
     return app
 

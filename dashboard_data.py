@@ -220,6 +220,36 @@ def read_snapshot(conn: sqlite3.Connection | None, cfg: config.Config, now_ms: i
     }
 
 
+def instance_rows(instances: list[tuple[str, str]], cfg: config.Config, now_ms: int) -> list[dict[str, Any]]:
+    """One overview row per bot instance (``(name, DB path)``): symbol, mode, state, position,
+    today's net PnL (UTC day), heartbeat age and whether the bot is alive."""
+    day = now_ms // 86_400_000 * 86_400_000
+    rows = []
+    for name, path in instances:
+        row: dict[str, Any] = {"name": name, "db": "missing"}
+        try:
+            conn = store.connect_readonly(path)
+        except store.StoreError:
+            rows.append(row)
+            continue
+        try:
+            st = store.read_status(conn)
+            today = store.read_day_pnl(conn, day)
+        except sqlite3.Error:
+            rows.append(dict(row, db="error"))
+            continue
+        finally:
+            conn.close()
+        out = derive_status({"db": "ok", "status": st}, cfg, now_ms)
+        rows.append({"name": name, "db": "ok", "symbol": out["symbol"], "interval": out["interval"],
+                     "mode": out["mode"], "state": out["state"], "state_label": out["state_label"],
+                     "state_label_en": out["state_label_en"], "position": out["position"],
+                     "entry_price": out["entry_price"], "price": out["price"], "bot": out["bot"],
+                     "heartbeat_age_s": out["heartbeat_age_s"], "entries_paused": out["entries_paused"],
+                     "today_net_pnl_usdt": round(today["net_pnl_usdt"], 8), "today_fills": today["fills"]})
+    return rows
+
+
 def _same_set(result: dict[str, Any], interval: str, period: int, k: float) -> bool:
     return (result.get("interval") == interval and _int(result.get("boll_period")) == period
             and abs((_num(result.get("boll_k")) or 0.0) - k) < 1e-9)

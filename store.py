@@ -682,6 +682,14 @@ def read_transitions(conn: sqlite3.Connection, limit: int = 50) -> list[dict[str
 DAY_MS = 86_400_000
 
 
+def read_day_pnl(conn: sqlite3.Connection, since_ms: int) -> dict[str, float]:
+    """Net PnL (realised − fees) and fills of the orders filled since ``since_ms`` (exchange time)."""
+    row = conn.execute(
+        "SELECT coalesce(sum(coalesce(realized_pnl_usdt, 0) - coalesce(fee_usdt, 0)), 0), count(*) FROM orders"
+        " WHERE status = 'filled' AND time_ms >= ?", (since_ms,)).fetchone()
+    return {"net_pnl_usdt": float(row[0]), "fills": int(row[1])}
+
+
 def find_databases(directory: str) -> list[dict[str, str]]:
     """The bollmin DBs among the ``*.db`` files of ``directory``, each opened read-only for its
     ``path``, ``db_role`` (bot, backtest, sweep), ``symbol``, ``interval`` and ``mode``; files

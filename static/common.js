@@ -62,8 +62,13 @@
   const get = (obj, path) => path.split('.').reduce((o, k) => (o == null ? undefined : o[k]), obj);
 
   // ---- fetching ------------------------------------------------------------------------------
+  // Several bots on one server: the page is about the instance named by ?db= (the server checks it).
+  const DB = new URLSearchParams(location.search).get('db');
+  function withDb(url) {
+    return DB ? url + (url.includes('?') ? '&' : '?') + 'db=' + encodeURIComponent(DB) : url;
+  }
   async function getJSON(url) {
-    const r = await fetch(url, { headers: HDR, credentials: 'same-origin', cache: 'no-store' });
+    const r = await fetch(withDb(url), { headers: HDR, credentials: 'same-origin', cache: 'no-store' });
     if (r.status === 401) { location.href = '/login'; throw new Error('login'); }
     let body = null;
     try { body = await r.json(); } catch (e) { body = null; }
@@ -88,7 +93,7 @@
   function controlForm(cmd, small) {
     const f = el('form', 'ctl inline');
     f.method = 'post';
-    f.action = '/control/' + cmd;
+    f.action = withDb('/control/' + cmd);
     f.dataset.cmd = cmd;
     const token = el('input');
     token.type = 'hidden';

@@ -29,7 +29,7 @@ GET_ROUTES = (
     "/", "/?paper=1&page=2", "/?paper=0", "/?lang=en", "/lab", "/lab?run=1&set=2&interval=15m", "/healthz", "/login",
     "/api/status", "/api/system", "/api/candles", "/api/candles?limit=300", "/api/pnl", "/api/trades",
     "/api/trades?paper=1&page=3", "/api/trades?paper=0", "/api/events", "/api/events?level=error&limit=5",
-    "/api/commands", "/api/config", "/api/lab", "/api/lab?run=1", "/api/lab/equity?run=1&ids=1,2",
+    "/api/commands", "/api/config", "/api/lab", "/api/lab?run=1", "/api/lab/equity?run=1&ids=1,2", "/api/instances",
     "/static/common.js", "/static/overview.js", "/static/style.css",
 )
 POST_ROUTES = ("/login", "/logout", "/control/pause", "/control/resume", "/control/close_position")
@@ -378,7 +378,9 @@ def test_status_of_a_stopped_bot_and_of_a_backtest(dashboard_db_factory):
     s = client.get("/api/status").get_json()
     assert (s["bot"], s["alive"], s["mode"], s["heartbeat_age_s"]) == ("backtest", False, "BACKTEST", None)
     html = client.get("/").get_data(as_text=True)
-    assert "回测记录" in html and "已停止" not in html
+    assert '<span id="bot-text">回测记录</span>' in html  # the page's own status is not "stopped"
+    # old.db beside it is another (stopped) bot instance: the overview lists it as such
+    assert 'data-instance="old"' in html and "已停止" in html.split('id="overview-instances"')[1].split("</section>")[0]
 
 
 def test_missing_db_renders_waiting_and_creates_nothing(tmp_path):

@@ -755,3 +755,35 @@ def test_waiting_page_turns_live_when_the_bot_starts(browser, serve, tmp_path, d
         tab.close()
     assert server.stop() == 0, "SIGTERM should stop the dashboard cleanly"
     assert "bollmin dashboard on http://127.0.0.1:" in server.log_path.read_text()
+
+
+def test_several_instances_switch_at_phone_and_desktop(browser, serve, dashboard_db_factory):
+    """Two bots beside each other (auto_deploy.sh add ETHUSDT): the overview lists both, the header
+    switches between them, and every request the page then makes is about the chosen one."""
+    btc, _ = dashboard_db_factory("bollmin.db")
+    dashboard_db_factory("ETHUSDT.db", status={"symbol": "ETHUSDT", "state": "SHORT", "position_qty": -0.25})
+    server = serve(btc)
+    tab = Tab(browser)
+    try:
+        for width, height in ((360, 740), (1440, 900)):
+            tab.viewport(width, height)
+            tab.goto(server.url + "/")
+            tab.until("document.body.dataset.updated", "the page")
+            names = tab.js("[...document.querySelectorAll('#overview-instances tbody tr')]"
+                           ".map(r => r.dataset.instance)")
+            assert names == ["bollmin", "ETHUSDT"], names
+            assert_fits(tab, width)
+            tab.screenshot(f"dashboard-instances-{width}x{height}.png", full_page=False)
+        tab.js("[...document.querySelectorAll('#instances a')].find(a => a.textContent === 'ETHUSDT').click()")
+        tab.until("location.search === '?db=ETHUSDT' && document.readyState === 'complete'", "the ETHUSDT page")
+        tab.until("document.body.dataset.updated", "the ETHUSDT data")
+        assert tab.js("document.querySelector('#instances a.on').textContent") == "ETHUSDT"
+        assert tab.js("document.querySelector('#overview-instances tr.current').dataset.instance") == "ETHUSDT"
+        api = [p["request"]["url"] for p in tab.mine("Network.requestWillBeSent")
+               if "/api/" in p["request"]["url"] and "db=ETHUSDT" in p["request"]["url"]]
+        assert any("/api/status" in u for u in api) and any("/api/candles" in u for u in api), api
+        assert tab.js("document.querySelector('form[data-cmd=pause]').getAttribute('action')") == \
+            "/control/pause?db=ETHUSDT"
+        tab.assert_clean()
+    finally:
+        tab.close()
