@@ -54,6 +54,7 @@ async def connect_exchange(cfg: Config, stopping: asyncio.Event, pause: Callable
             await exchange.load_commission_rate()
             return exchange
         except AccountSetupError:
+            await exchange.close()  # the bot stops here: no unclosed HTTP session left behind
             raise
         except Exception as exc:
             log.warning("exchange setup failed (%s); retrying in %.0fs", classify(exc), delay)

@@ -287,6 +287,15 @@ def test_hedge_mode_account_exits_3_with_a_clear_message(sim, tmp_path):
     assert bot.wait(60) == 3
     assert "hedge mode" in bot.stderr_tail()
     assert "Traceback" not in bot.stderr_tail()
+    assert "Unclosed" not in bot.stderr_tail(), "the REST session is closed on the way out"
+
+
+def test_a_refused_api_key_exits_3_with_one_clear_line(sim, tmp_path):
+    bot = bot_for(sim, tmp_path, paper=False, API_SECRET="not-the-secret-of-this-key").start()
+    assert bot.wait(60) == 3
+    tail = bot.stderr_tail()
+    assert "refused the API key" in tail and "Traceback" not in tail and "Unclosed" not in tail, tail
+    assert "not-the-secret-of-this-key" not in tail + bot.log_text()
 
 
 def test_config_error_exits_2_and_is_never_restarted(tmp_path):
