@@ -33,13 +33,17 @@ import common  # bench/common.py: machine line and BENCHMARKS.md sections
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # the tests' support package
+
+from support.env import clean_env  # noqa: E402
+from support.paths import PAYLOADS  # noqa: E402
 
 from engine import Engine  # noqa: E402
 from history import path_ticks, read_candles  # noqa: E402
 from state import State, step  # noqa: E402
 
 KLINES = os.path.join("marketdata", "btcusdt_um_15m_2023.csv.gz")
-PAYLOAD = os.path.join(ROOT, "marketdata", "payloads", "usdm_20230404_trade_first25.json")
+PAYLOAD = os.path.join(PAYLOADS, "usdm_20230404_trade_first25.json")
 BENCH_MD = os.path.join(ROOT, "BENCHMARKS.md")
 BEGIN, END = "<!-- core:begin -->", "<!-- core:end -->"
 INTERVAL_MS = 900_000
@@ -126,7 +130,7 @@ def bench_json_loads() -> tuple[float, str]:
 
 
 def bench_backtest(runs: int) -> list[float]:
-    env = {k: v for k, v in os.environ.items() if k != "BOLLMIN_CONFIG"}
+    env = clean_env()
     times = []
     for _ in range(runs):
         start = time.perf_counter()

@@ -35,13 +35,17 @@ import psutil
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # the tests' support package
+
+from support.env import clean_env  # noqa: E402
+from support.net import free_port  # noqa: E402
+from support.paths import MARKET_15M  # noqa: E402
 
 import config  # noqa: E402
 import dashboard_data  # noqa: E402
 import history  # noqa: E402
 import store  # noqa: E402
 
-MARKET_15M = os.path.join(ROOT, "marketdata", "btcusdt_um_15m_2023.csv.gz")
 TARGET_STATUS_P99_MS = 20.0
 TARGET_FIRST_VISIT_BYTES = 150_000
 IDLE_CONNECTIONS = 300
@@ -104,12 +108,6 @@ def add_sweep_tables(path: str, candles: list) -> None:
                              [(rid, first + (last - first) * j // 300, net * j / 300) for j in range(300)])
     conn.commit()
     conn.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Client:
@@ -181,9 +179,8 @@ def measure(tmp: str, requests: int) -> dict:
     cfg = os.path.join(tmp, "config.py")
     with open(cfg, "w") as fh:
         fh.write(f"DB_PATH = {db_path!r}\nDASHBOARD_PORT = {port}\nLOG_LEVEL = 'WARNING'\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BOLLMIN_")}
-    server = subprocess.Popen([sys.executable, os.path.join(ROOT, "dashboard.py"), "--config", cfg], cwd=tmp, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen([sys.executable, os.path.join(ROOT, "dashboard.py"), "--config", cfg], cwd=tmp,
+                              env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
         while True:

@@ -36,10 +36,14 @@ import common  # bench/common.py: machine line and BENCHMARKS.md sections
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # the tests' support package
+
+from support.env import clean_env  # noqa: E402
+from support.paths import MARKET_15M  # noqa: E402
 
 from history import read_candles  # noqa: E402
 
-KLINES = os.path.join(ROOT, "marketdata", "btcusdt_um_15m_2023.csv.gz")
+KLINES = MARKET_15M
 YEAR_MS = 365 * 86_400_000
 GRID = ["--interval", "15m,1h", "--period", "10:50:10", "--k", "1.5:3:0.5", "--evaluate-on", "tick,close",
         "--buffer", "0,0.05"]
@@ -213,7 +217,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--write", action="store_true", help="regenerate the lab section of BENCHMARKS.md")
     args = parser.parse_args()
-    env = {k: v for k, v in os.environ.items() if k not in ("BOLLMIN_CONFIG", "BINANCE_API_KEY", "BINANCE_API_SECRET")}
+    env = clean_env()
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "btcusdt_15m_2y.csv.gz")
         n = two_years(data)

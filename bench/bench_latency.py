@@ -94,7 +94,7 @@ async def latency_run(workdir: str, args: argparse.Namespace, crossings: int, lo
                       variant: str = "current", timing: bool = False,
                       load_paths: tuple[str, ...] | None = None) -> dict[str, Any]:
     """One fresh bot and exchange; ``crossings`` first orders; ``load_paths``: hammer the dashboard."""
-    sim = bb.TimedSim(bb.DATA_1M, speed=args.speed, paused=True, target_interval="1m")
+    sim = bb.TimedSim(bb.MARKET_1M, speed=args.speed, paused=True, target_interval="1m")
     bot: bb.BotProcess | None = None
     dash: bb.DashboardLoad | None = None
     out: dict[str, Any] = {"variant": variant, "dashboard": {}}

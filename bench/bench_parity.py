@@ -50,7 +50,7 @@ TICKS_PER_CANDLE = 4
 
 def write_slice(path: str, candles: int, skip: int) -> int:
     """The rows ``skip`` … ``skip + HISTORY + candles`` of the 1m file as a CSV; returns the last tick's time."""
-    with gzip.open(bb.DATA_1M, "rt") as fh, open(path, "w", newline="") as out:
+    with gzip.open(bb.MARKET_1M, "rt") as fh, open(path, "w", newline="") as out:
         reader, writer = csv.reader(fh), csv.writer(out)
         writer.writerow(next(reader))
         rows = [row for i, row in enumerate(reader) if skip <= i < skip + HISTORY + candles]

@@ -10,7 +10,8 @@
 * ``wait_quiet`` / ``LoadMeter``: the machine is shared; wait for it to calm down, and report
   how much CPU other processes used while a figure was measured.
 * ``DashboardLoad``: the real dashboard on the bot's DB, hammered by ``bench/dashboard_load.py``.
-* Small helpers: percentiles, read-only queries, free ports, a clean environment.
+* Small helpers: percentiles, the bot's status. Read-only queries, free ports, a clean environment,
+  settings files and file tails come from the tests' support package (``tests/support``).
 
 Only 127.0.0.1 is used. Whoever starts a process here stops it in a ``finally``.
 
@@ -28,7 +29,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -41,15 +41,19 @@ from typing import Any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # the tests' support package
 
 import psutil  # noqa: E402
 from aiohttp import web  # noqa: E402
+from support.bot import query, tail, write_config  # noqa: E402
+from support.env import clean_env  # noqa: E402
+from support.net import free_port  # noqa: E402
+from support.paths import MARKET_1M  # noqa: E402,F401 - the benchmarks' data (bb.MARKET_1M)
 
 from simexchange import DEMO_API_KEY, DEMO_API_SECRET, SimExchange  # noqa: E402
 from simexchange.market import Replay  # noqa: E402
 from simexchange.streams import StreamHub  # noqa: E402
 
-DATA_1M = os.path.join(ROOT, "marketdata", "btcusdt_um_1m_2025-05.csv.gz")
 WRAPPER = os.path.join(BENCH, "botwrap.py")
 LIVE_KEYS = {"API_KEY": DEMO_API_KEY, "API_SECRET": DEMO_API_SECRET}
 # Variants of the current bot (bench/botwrap.py reads these variables).
@@ -131,16 +135,6 @@ def summary(values: list[float]) -> dict[str, float]:
             "max": v[-1] if v else float("nan"), "mean": sum(v) / len(v) if v else float("nan")}
 
 
-def query(db_path: str, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
-    """Run one read-only query on the bot's DB."""
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
-
-
 def bot_status(db_path: str) -> dict[str, str]:
     """The bot's ``status`` table (empty while the DB does not exist yet)."""
     try:
@@ -149,34 +143,12 @@ def bot_status(db_path: str) -> dict[str, str]:
         return {}
 
 
-def write_config(path: str, **values: Any) -> str:
-    with open(path, "w", encoding="utf-8") as fh:
-        for k, v in values.items():
-            fh.write(f"{k} = {v!r}\n")
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
             return resp.status == 200
     except OSError:
         return False
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without the bot's settings, keys and systemd socket, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("BOLLMIN_", "BENCH_")) and k not in ("BINANCE_API_KEY", "BINANCE_API_SECRET",
-                                                                      "NOTIFY_SOCKET")}
-    env.update(extra)
-    return env
 
 
 # ---- the product at another revision --------------------------------------------------------------
@@ -239,11 +211,7 @@ class BotProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def stderr_tail(self, n: int = 15) -> str:
-        try:
-            with open(self.stderr_path, encoding="utf-8", errors="replace") as fh:
-                return "".join(fh.readlines()[-n:])
-        except OSError:
-            return ""
+        return tail(self.stderr_path, n)
 
     def count_lines(self, needle: str) -> int:
         """Lines of the bot's stderr containing ``needle``."""
@@ -478,11 +446,7 @@ class DashboardLoad:
         self.marks.clear()
 
     def _stderr_tail(self, n: int = 10) -> str:
-        try:
-            with open(self.stderr_path, encoding="utf-8", errors="replace") as fh:
-                return "".join(fh.readlines()[-n:])
-        except OSError:
-            return ""
+        return tail(self.stderr_path, n)
 
     async def mark(self) -> dict[str, Any]:
         """Counts of the load generator now, plus the dashboard's CPU seconds."""

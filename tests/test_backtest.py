@@ -15,8 +15,10 @@ from decimal import ROUND_DOWN, Decimal
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import MARKET_1M, MARKET_15M, ROOT, core_env, run_bollmin
 from numpy.lib.stride_tricks import sliding_window_view
+from support.cli import run_bollmin
+from support.env import clean_env
+from support.paths import MARKET_1M, MARKET_15M, ROOT
 
 M1, M3, M15, H1 = 60_000, 180_000, 900_000, 3_600_000
 HEADER = "open_time_ms,open,high,low,close,volume,close_time_ms"
@@ -574,7 +576,7 @@ def test_no_db_and_no_log_without_db_option(core_config, tmp_path, rows_15m):
     assert backtest(config, path).returncode == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     r = subprocess.run([sys.executable, os.path.join(ROOT, "bollmin.py"), "backtest", "--klines", "k.csv"],
-                       cwd=tmp_path, env=core_env(), capture_output=True, text=True, timeout=60, check=False)
+                       cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no data/ or logs/ appeared
 
@@ -606,7 +608,7 @@ def test_binance_download_with_its_header_row_equals_the_headerless_file(tmp_pat
 
     from history import read_candles
 
-    with _gzip.open(os.path.join(ROOT, "marketdata", "btcusdt_um_15m_2023.csv.gz"), "rt") as fh:
+    with _gzip.open(MARKET_15M, "rt") as fh:
         lines = fh.read().splitlines()[1:301]
     raw = []
     for line in lines:

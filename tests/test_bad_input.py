@@ -26,9 +26,12 @@ import sys
 import time
 
 import pytest
-from conftest import MARKET_15M, ROOT, core_env, run_bollmin
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.cli import run_bollmin
+from support.dbs import build_dashboard_db
+from support.env import clean_env
+from support.paths import MARKET_15M, ROOT
 
 import config
 import history
@@ -132,8 +135,6 @@ def gzip_members(chunk: bytes, count: int) -> bytes:
 @pytest.fixture
 def bot_db(tmp_path):
     """A real bot DB (candles, paper trades, live orders) in its own directory; returns the path."""
-    from conftest import build_dashboard_db
-
     path = tmp_path / "db" / "bollmin.db"
     path.parent.mkdir()
     build_dashboard_db(str(path), n_candles=600)
@@ -236,7 +237,7 @@ def test_every_subcommand_stops_on_a_bad_settings_file(tmp_path, command, body):
 def test_a_secret_from_the_environment_is_masked_in_a_settings_error(tmp_path):
     path = settings_file(tmp_path, "import os\n_V = os.environ['BINANCE_API_' + 'SECRET']\n_N = int(_V)\n")
     line = checked_run(tmp_path, "check-config", "--config", path, words=("ValueError", "***"),
-                       env=core_env(BINANCE_API_SECRET=SECRET))
+                       env=clean_env(BINANCE_API_SECRET=SECRET))
     assert SECRET not in line
 
 
@@ -601,7 +602,7 @@ def test_a_damaged_db_is_never_restarted_by_auto_restart(tmp_path, bot_db):
     """The supervisor (AUTO_RESTART by hand) passes exit 2 on instead of restarting in a loop."""
     _damage(bot_db)
     cfg = settings_file(tmp_path, f"DB_PATH = {str(bot_db)!r}\nAUTO_RESTART = True\n")
-    env = {k: v for k, v in core_env().items() if k not in ("SYSTEMD_EXEC_PID", "INVOCATION_ID", "NOTIFY_SOCKET")}
+    env = clean_env()  # outside systemd too: no SYSTEMD_EXEC_PID, INVOCATION_ID or NOTIFY_SOCKET
     line = checked_run(tmp_path, "run", "--config", cfg, env=env, words=("damaged",), timeout=60)
     assert "Traceback" not in line
 
@@ -666,8 +667,6 @@ def test_full_disk_when_creating_a_backtest_db_leaves_no_file(tmp_path):
 
 def _wal_db_on(directory, leave_wal: bool) -> str:
     """A bot DB in WAL mode in ``directory``; ``leave_wal``: as left by a kill -9 (-wal and -shm kept)."""
-    from conftest import build_dashboard_db
-
     path = str(directory / "bollmin.db")
     build_dashboard_db(path, n_candles=300)
     assert not os.path.exists(path + "-wal")
@@ -760,7 +759,7 @@ def test_a_reader_that_goes_away_is_not_an_error(tmp_path):
     """``backtest --json | head -1``: exit 0 and nothing on stderr (no BrokenPipeError noise)."""
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "bollmin.py"), "backtest", "--config",
                              settings_file(tmp_path, ""), "--klines", MARKET_15M, "--json"], cwd=ROOT,
-                            env=core_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first = proc.stdout.readline()
     proc.stdout.close()  # the rest (thousands of lines) hits a closed pipe
     err = proc.stderr.read()
@@ -773,7 +772,7 @@ def test_a_reader_that_goes_away_is_not_an_error(tmp_path):
 
 @pytest.mark.parametrize("speed", ["nan", "inf", "-inf", "0", "-1", "abc", "100001"])
 def test_demo_speed_is_validated(tmp_path, speed):
-    env = core_env(BOLLMIN_DEMO_DIR=str(tmp_path / "demo"))
+    env = clean_env(BOLLMIN_DEMO_DIR=str(tmp_path / "demo"))
     checked_run(tmp_path, "demo", "--speed", speed, env=env, words=("--speed",))
 
 
@@ -790,7 +789,7 @@ def test_demo_refuses_a_directory_that_is_not_its_own(tmp_path):
     d.mkdir()
     (d / "thesis.tex").write_text("years of work")
     (d / "demo.db").write_text("an old demo DB")
-    checked_run(tmp_path, "demo", env=core_env(BOLLMIN_DEMO_DIR=str(d)), words=("thesis.tex", "BOLLMIN_DEMO_DIR"))
+    checked_run(tmp_path, "demo", env=clean_env(BOLLMIN_DEMO_DIR=str(d)), words=("thesis.tex", "BOLLMIN_DEMO_DIR"))
 
 
 @pytest.mark.e2e
@@ -798,7 +797,7 @@ def test_demo_exits_non_zero_when_its_bot_dies(tmp_path):
     d = tmp_path / "demo"
     d.mkdir()
     (d / "demo.log.3").write_text("an old rotated demo log")  # the demo's own: replaced
-    env = core_env(BOLLMIN_DEMO_DIR=str(d))
+    env = clean_env(BOLLMIN_DEMO_DIR=str(d))
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "bollmin.py"), "demo", "--speed", "60"], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)

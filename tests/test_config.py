@@ -6,6 +6,8 @@ import json
 import os
 
 import pytest
+from support.env import clean_env
+from support.paths import MARKET_1M
 
 import config
 from bollmin import build_parser
@@ -185,11 +187,9 @@ def test_missing_config_file(tmp_path, bollmin_cli):
 
 
 def test_bad_config_named_by_env_stops_the_same_way(tmp_path, bollmin_cli):
-    from conftest import core_env
-
     path = tmp_path / "bad.py"
     path.write_text("LEVERAGE = 0\n")
-    r = bollmin_cli("check-config", env=core_env(BOLLMIN_CONFIG=str(path)))
+    r = bollmin_cli("check-config", env=clean_env(BOLLMIN_CONFIG=str(path)))
     assert r.returncode == 2 and "LEVERAGE" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
@@ -209,12 +209,10 @@ def _assert_no_secret(text: str) -> None:
 
 
 def test_check_config_prints_the_effective_settings_with_secrets_masked(tmp_path, bollmin_cli):
-    from conftest import core_env
-
     path = tmp_path / "secret_config.py"
     path.write_text("".join(f"{k} = {v!r}\n" for k, v in FILE_SECRETS.items())
                     + 'PAPER_TRADING = False\nDASHBOARD_HOST = "0.0.0.0"\nSYMBOL = "ETHUSDT"\n')
-    for env in (core_env(), core_env(**ENV_SECRETS)):
+    for env in (clean_env(), clean_env(**ENV_SECRETS)):
         r = bollmin_cli("check-config", "--config", str(path), env=env)
         assert r.returncode == 0, r.stderr
         _assert_no_secret(r.stdout + r.stderr)
@@ -306,11 +304,9 @@ def test_every_environment_variable_the_program_reads_is_declared():
 
 def test_check_config_asks_the_exchange_whether_the_symbol_is_listed(tmp_path, bollmin_cli):
     """auto_deploy.sh add SYMBOL validates an instance with this before starting it."""
-    from harness import DATA_1M
-
     from simexchange import SimExchangeThread
 
-    with SimExchangeThread(DATA_1M, paused=True, target_interval="1m") as sim:
+    with SimExchangeThread(MARKET_1M, paused=True, target_interval="1m") as sim:
         good = tmp_path / "good.py"
         good.write_text(f"REST_BASE_URL = {sim.base_url!r}\nSYMBOL = 'BTCUSDT'\n")
         out = bollmin_cli("check-config", "--exchange", "--config", str(good))

@@ -14,15 +14,14 @@ import re
 import sqlite3
 
 import pytest
+from support.env import clean_env
+from support.web import API_KEY, API_SECRET, PASSWORD, csrf_from, login, make_cfg
 
 import config
 import dashboard
 import store
 from state import LABEL_EN, LABEL_ZH, State
 
-API_KEY = "AKtest-9f8e7d6c5b4a-key"
-API_SECRET = "SECRETtest-0a1b2c3d4e5f-zz"
-PASSWORD = "pw-Qx7!mauve-42"
 SECRETS = (API_KEY, API_SECRET, PASSWORD)
 
 GET_ROUTES = (
@@ -35,24 +34,8 @@ GET_ROUTES = (
 POST_ROUTES = ("/login", "/logout", "/control/pause", "/control/resume", "/control/close_position")
 
 
-def make_cfg(password: str = PASSWORD, **changes) -> config.Config:
-    return config.load_config(env={}).replace(API_KEY=API_KEY, API_SECRET=API_SECRET, DASHBOARD_PASSWORD=password,
-                                              **changes)
-
-
 def basic(password: str, user: str = "anyone") -> dict:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
-
-
-def csrf_from(html: str) -> str:
-    m = re.search(r'name="csrf(?:-token|_token)" (?:content|value)="([^"]+)"', html)
-    assert m, "no CSRF token in the page"
-    return m.group(1)
-
-
-def login(client, password: str = PASSWORD):
-    token = csrf_from(client.get("/login").get_data(as_text=True))
-    return client.post("/login", data={"password": password, "csrf_token": token})
 
 
 def dump(path: str) -> list:
@@ -652,11 +635,9 @@ def test_a_weak_password_is_refused_beyond_loopback(password):
 
 
 def test_a_weak_password_stops_the_dashboard_with_one_line(tmp_path, bollmin_cli):
-    from conftest import core_env
-
     path = tmp_path / "cfg.py"
     path.write_text("DASHBOARD_HOST = '::'\n")
-    r = bollmin_cli("dashboard", "--config", str(path), env=core_env(BOLLMIN_DASHBOARD_PASSWORD="1234"))
+    r = bollmin_cli("dashboard", "--config", str(path), env=clean_env(BOLLMIN_DASHBOARD_PASSWORD="1234"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.count("\n") == 1 and "at least 10 characters" in r.stderr and "1234" not in r.stderr
     assert make_cfg(password="ten chars!", DASHBOARD_HOST="0.0.0.0").DASHBOARD_PASSWORD == "ten chars!"

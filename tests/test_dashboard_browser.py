@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -29,12 +28,14 @@ import urllib.request
 from urllib.parse import urlparse
 
 import pytest
+from support.dbs import add_sweep
+from support.env import clean_env
+from support.net import free_port
+from support.paths import MARKET_15M, ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHOTS = os.path.join(ROOT, "artifacts", "screenshots")
 CHROMIUM = (os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
             or shutil.which("google-chrome"))
-MARKET_15M = os.path.join(ROOT, "marketdata", "btcusdt_um_15m_2023.csv.gz")
 XSS_EVENT = "<script>alert(1)</script> injected via an event message"
 VIEWPORTS = ((360, 740), (820, 1180), (1440, 900))
 TIMEOUT = 40.0  # generous: a loaded 2-core machine
@@ -227,26 +228,19 @@ def browser():
 
 # ---- the dashboard process ------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """``python dashboard.py --config FILE`` as a child process."""
 
     def __init__(self, tmp_path, db_path: str, password: str = "") -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cfg = tmp_path / "dashboard_config.py"
         cfg.write_text(f"DB_PATH = {db_path!r}\nDASHBOARD_PORT = {self.port}\nDASHBOARD_PASSWORD = {password!r}\n"
                        f"LOG_FILE = {str(tmp_path / 'bollmin.log')!r}\n")
         self.log_path = tmp_path / "dashboard.stderr"
         self.log = open(self.log_path, "wb")  # noqa: SIM115 -- closed in stop()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BOLLMIN_")}
         self.proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "dashboard.py"), "--config", str(cfg)],
-                                     cwd=str(tmp_path), stdout=self.log, stderr=self.log, env=env)
+                                     cwd=str(tmp_path), stdout=self.log, stderr=self.log, env=clean_env())
         deadline = time.monotonic() + TIMEOUT
         while True:
             try:
@@ -560,8 +554,6 @@ def test_alert_banners_at_phone_tablet_and_desktop(browser, serve, dashboard_db_
 
 
 def test_strategy_lab_at_phone_tablet_and_desktop(browser, serve, dashboard_db_factory):
-    from conftest import add_sweep
-
     db_path, _ = dashboard_db_factory("bot.db")
     sweep = add_sweep(db_path)  # into lab.db beside it, where the dashboard finds it
     server = serve(db_path)

@@ -10,14 +10,14 @@ import re
 import sqlite3
 
 import pytest
-from conftest import add_sweep
+from support.dbs import add_sweep
+from support.paths import ROOT
 
 import config
 import dashboard
 import dashboard_data as dd
 import store
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DAY = 86_400_000
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from test_dashboard import csrf_from, login, make_cfg
+from support.web import csrf_from, login, make_cfg
 
 import dashboard
 import store

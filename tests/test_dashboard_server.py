@@ -20,16 +20,12 @@ import time
 
 import psutil
 import pytest
+from support.env import clean_env
+from support.net import free_port
+from support.paths import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PASSWORD = "pw-Server-test-77"
 AUTH = {"Authorization": "Basic " + base64.b64encode(f"me:{PASSWORD}".encode()).decode()}
-
-
-def _free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class Dashboard:
@@ -37,15 +33,14 @@ class Dashboard:
 
     def __init__(self, tmp_path, db_path: str, host: str = "127.0.0.1", password: str = PASSWORD,
                  env: dict | None = None) -> None:
-        self.host, self.port = host, _free_port(host)
+        self.host, self.port = host, free_port(host)
         cfg = tmp_path / f"dash-{self.port}.py"
         cfg.write_text(f"DB_PATH = {db_path!r}\nDASHBOARD_HOST = {host!r}\nDASHBOARD_PORT = {self.port}\n"
                        f"DASHBOARD_PASSWORD = {password!r}\nLOG_FILE = {str(tmp_path / 'x.log')!r}\n")
         self.log_path = tmp_path / f"dash-{self.port}.log"
         self.log = open(self.log_path, "wb")  # noqa: SIM115 -- closed in stop()
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("BOLLMIN_", "NOTIFY_SOCKET"))}
         self.proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "dashboard.py"), "--config", str(cfg)],
-                                     cwd=str(tmp_path), stdout=self.log, stderr=self.log, env=base | (env or {}))
+                                     cwd=str(tmp_path), stdout=self.log, stderr=self.log, env=clean_env(**(env or {})))
         deadline = time.monotonic() + 40
         while True:
             try:
@@ -161,7 +156,7 @@ def test_serves_ipv6_loopback(dashboards, dashboard_db):
     if not socket.has_ipv6:
         pytest.skip("no IPv6 here")
     try:
-        _free_port("::1")
+        free_port("::1")
     except OSError:
         pytest.skip("no IPv6 loopback here")
     dash = dashboards(dashboard_db[0], host="::1")
@@ -198,7 +193,6 @@ def test_a_busy_port_is_one_line_and_exit_1(tmp_path, dashboard_db):
         port = taken.getsockname()[1]
         cfg = tmp_path / "c.py"
         cfg.write_text(f"DB_PATH = {dashboard_db[0]!r}\nDASHBOARD_PORT = {port}\n")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BOLLMIN_")}
-        r = subprocess.run([sys.executable, os.path.join(ROOT, "dashboard.py"), "--config", str(cfg)], env=env,
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "dashboard.py"), "--config", str(cfg)], env=clean_env(),
                            capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "cannot listen on 127.0.0.1" in r.stderr

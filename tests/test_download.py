@@ -9,7 +9,8 @@ import os
 import urllib.request
 
 import pytest
-from conftest import MARKET_15M, run_bollmin
+from support.cli import run_bollmin
+from support.paths import MARKET_15M
 
 import download
 from history import read_candles

@@ -11,17 +11,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from labkit import (
-    MARKET_1M,
-    MARKET_15M,
-    VARIATIONS,
-    assert_same,
-    candles_from_closes,
-    funding_on,
-    series_of,
-    write_funding,
-)
-from labkit import settings as make_settings
+from support.lab import VARIATIONS, assert_same, candles_from_closes, funding_on, series_of, write_funding
+from support.lab import settings as make_settings
+from support.paths import MARKET_1M, MARKET_15M
 
 import evaluator
 from indicators import LiveBoll

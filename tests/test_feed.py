@@ -7,10 +7,9 @@ import logging
 import os
 
 import pytest
+from support.paths import PAYLOADS
 
 from feed import Feed, KlineClose, RateLimitedLog, Trade, backoff_delay, stream_url
-
-PAYLOADS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "marketdata", "payloads")
 
 
 class Sink:

@@ -15,8 +15,10 @@ import sys
 import time
 
 import pytest
-from harness import API_KEY, API_SECRET, DATA_1M, ROOT, Bot, ctl, query, wait_for
+from support.bot import Bot, query, wait_for
 from support.catcher import TOKEN, Catcher
+from support.paths import MARKET_1M, ROOT
+from support.sim import API_KEY, API_SECRET, ctl, running_sim
 
 from simexchange import SimExchangeThread
 from state import POSITION, State
@@ -29,7 +31,7 @@ HISTORY = 19  # closed candles before the first streamed one: the window is read
 def _slice(tmp_path, candles: int, skip: int = 0) -> str:
     """The first ``HISTORY + candles`` rows of the bundled 1m data (after ``skip`` rows) as a CSV."""
     rows = []
-    with gzip.open(DATA_1M, "rt") as fh:
+    with gzip.open(MARKET_1M, "rt") as fh:
         reader = csv.reader(fh)
         header = next(reader)
         for i, row in enumerate(reader):
@@ -74,8 +76,7 @@ def _run_to_the_end(sim, bot: Bot, last_tick_ms: int, timeout: float = 240) -> N
 @pytest.fixture
 def sim():
     """A paused exchange replaying the bundled 1m data, 60 candles of history."""
-    with SimExchangeThread(DATA_1M, paused=True, history_candles=60, target_interval="1m", speed=600,
-                           api_key=API_KEY, api_secret=API_SECRET) as s:
+    with running_sim(speed=600) as s:
         yield s
 
 

@@ -7,7 +7,7 @@ import os
 from decimal import Decimal
 
 import pytest
-from harness import API_KEY, API_SECRET, DATA_1M, ctl
+from support.sim import API_KEY, API_SECRET, ctl, running_sim
 
 import store as db
 from broker import Ledger, OrderSizeError, order_qty, record_transition
@@ -16,14 +16,12 @@ from engine import Transition
 from exchange import AccountSetupError, Exchange
 from indicators import Bands
 from livebroker import OrderDriver, new_intent, write_intent
-from simexchange import SimExchangeThread
 from state import Action, Order, Reason, State
 
 
 @pytest.fixture
 def sim():
-    with SimExchangeThread(DATA_1M, paused=True, history_candles=100, api_key=API_KEY, api_secret=API_SECRET,
-                           target_interval="1m") as s:
+    with running_sim(history_candles=100) as s:
         yield s
 
 

@@ -11,7 +11,9 @@ import sys
 import time
 
 import pytest
-from harness import API_KEY, API_SECRET, DATA_1M, ROOT, Bot, ctl, query, wait_for
+from support.bot import Bot, query, wait_for
+from support.paths import MARKET_1M, ROOT
+from support.sim import API_KEY, API_SECRET, ctl, running_sim
 
 from simexchange import SimExchangeThread
 from state import POSITION, Action, State
@@ -21,8 +23,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def sim():
-    with SimExchangeThread(DATA_1M, paused=True, history_candles=60, api_key=API_KEY, api_secret=API_SECRET,
-                           target_interval="1m", speed=600) as s:
+    with running_sim(speed=600) as s:
         yield s
 
 
@@ -111,7 +112,7 @@ def test_live_mode_orders_arrive_with_side_reduce_only_and_quantity(sim, tmp_pat
 def test_parity_run_and_backtest_make_the_same_transitions_on_two_days_of_1m(tmp_path):
     """The same real ticks through `run` (paper) and `backtest`: same transitions at the same ticks."""
     rows = []
-    with gzip.open(DATA_1M, "rt") as fh:
+    with gzip.open(MARKET_1M, "rt") as fh:
         reader = csv.reader(fh)
         header = next(reader)
         for i, row in enumerate(reader):

@@ -7,13 +7,11 @@ import socket
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
 import pytest
+from support.paths import ROOT
 
 import sdnotify
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture

@@ -12,7 +12,9 @@ import os
 import time
 
 import pytest
-from harness import API_KEY, API_SECRET, DATA_1M, Bot, ctl, query, wait_for
+from support.bot import Bot, query, wait_for
+from support.paths import MARKET_1M
+from support.sim import API_KEY, API_SECRET, ctl
 
 from history import read_candles
 from simexchange import SimExchangeThread, derived_symbol
@@ -20,7 +22,7 @@ from simexchange import SimExchangeThread, derived_symbol
 pytestmark = pytest.mark.e2e
 
 HISTORY = 19
-CANDLES = read_candles(DATA_1M)[:3000]
+CANDLES = read_candles(MARKET_1M)[:3000]
 
 
 def _settled(bot: Bot) -> bool:

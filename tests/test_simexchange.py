@@ -25,18 +25,16 @@ import pytest
 import websockets
 from binance import AsyncClient
 from binance.exceptions import BinanceAPIException
+from support.paths import MARKET_1M, PAYLOADS, ROOT
 
 from history import Candle, path_ticks, read_candles
 from simexchange import SimExchange, SimExchangeThread, exchange_info, sign, split_signature, verify_signature
 from simexchange.market import Market
 from simexchange.streams import StreamClient, StreamHub
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA_1M = ROOT / "marketdata" / "btcusdt_um_1m_2025-05.csv.gz"
-PAYLOADS = ROOT / "marketdata" / "payloads"
 KEY, SECRET = "test-key", "test-secret"
 MIN15 = 900_000
-CANDLES = read_candles(str(DATA_1M))[:3000]
+CANDLES = read_candles(MARKET_1M)[:3000]
 
 # docs/exchange.md's documented stream samples (shapes only).
 KLINE_SAMPLE = {"e": "kline", "E": 1638747660000, "s": "BTCUSDT", "k": {
@@ -604,7 +602,7 @@ def _types(d: dict) -> dict:
 
 
 def test_exchange_info_matches_the_captured_shape():
-    captured = json.loads((PAYLOADS / "usdm_exchange_info_20220219.json").read_text())
+    captured = json.loads(Path(PAYLOADS, "usdm_exchange_info_20220219.json").read_text())
     ours = exchange_info("BTCUSDT", 0)
     assert set(ours) == set(captured)
     real = next(s for s in captured["symbols"] if s["symbol"] == "BTCUSDT")
@@ -633,7 +631,7 @@ def test_stream_payloads_match_documented_and_captured_types(sim):
     assert {k: t for k, t in _types(AGG_TRADE_SAMPLE).items() if k in trade} == _types(trade)
     assert set(AGG_TRADE_SAMPLE) - set(trade) == {"st"}
     assert _types(kline) == _types(KLINE_SAMPLE) and _types(kline["k"]) == _types(KLINE_SAMPLE["k"])
-    captured = [m["msg"]["data"] for m in json.loads((PAYLOADS / "usdm_20230404_trade_first25.json").read_text())]
+    captured = [m["msg"]["data"] for m in json.loads(Path(PAYLOADS, "usdm_20230404_trade_first25.json").read_text())]
     for real in captured:
         assert {k: type(real[k]) for k in ("e", "E", "T", "s", "p", "q", "m")} == \
                {k: type(trade[k]) for k in ("e", "E", "T", "s", "p", "q", "m")}
@@ -657,7 +655,7 @@ def _readline(proc: subprocess.Popen, timeout: float = 30.0) -> str:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_cli_serves_and_stops_cleanly(tmp_path, sig):
     port_file = tmp_path / "port"
-    with _run_cli("--klines", str(DATA_1M), "--paused", "--port-file", str(port_file)) as proc:
+    with _run_cli("--klines", MARKET_1M, "--paused", "--port-file", str(port_file)) as proc:
         try:
             line = _readline(proc)
             match = re.fullmatch(r"simexchange listening on http://127\.0\.0\.1:(\d+)\n", line)
@@ -677,8 +675,8 @@ def test_cli_serves_and_stops_cleanly(tmp_path, sig):
 
 @pytest.mark.parametrize("args, needle", [
     (["--klines", "/nonexistent/file.csv"], "no such file"),
-    (["--klines", str(DATA_1M), "--host", "192.0.2.1"], "--allow-remote"),
-    (["--klines", str(DATA_1M), "--speed", "-1"], "speed"),
+    (["--klines", MARKET_1M, "--host", "192.0.2.1"], "--allow-remote"),
+    (["--klines", MARKET_1M, "--speed", "-1"], "speed"),
     (["--speed", "1"], "--klines"),
 ])
 def test_cli_bad_arguments_exit_2_with_one_line(args, needle):
@@ -698,14 +696,14 @@ def test_cli_rejects_a_file_with_bad_rows(tmp_path):
 
 
 def test_constructor_accepts_a_path_and_validates():
-    ex = SimExchange(str(DATA_1M), paused=True)
+    ex = SimExchange(MARKET_1M, paused=True)
     assert len(ex.market.candles) > 30_000 and "secret" not in repr(ex)
     with pytest.raises(ValueError):
         SimExchange(CANDLES[:10], history_candles=11)
     with pytest.raises(ValueError):
         SimExchange(CANDLES[:10], speed=float("nan"))
     assert Market([Candle(0, 1, 1, 1, 1), Candle(60_000, 1, 1, 1, 1)]).start_index == 1
-    assert os.path.exists(DATA_1M)
+    assert os.path.exists(MARKET_1M)
 
 
 def test_a_stream_joined_mid_candle_still_closes_with_the_true_ohlc(sim):

@@ -24,15 +24,14 @@ import pytest
 import websockets
 from binance import AsyncClient
 from binance.exceptions import BinanceAPIException
+from support.paths import MARKET_1M, ROOT
 
 from exchange import rules_from_exchange_info
 from history import read_candles
 from simexchange import SimExchangeThread, derived_symbol
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA_1M = ROOT / "marketdata" / "btcusdt_um_1m_2025-05.csv.gz"
 KEY, SECRET = "test-key", "test-secret"
-CANDLES = read_candles(str(DATA_1M))[:3000]
+CANDLES = read_candles(MARKET_1M)[:3000]
 DAY_MS = 86_400_000
 
 

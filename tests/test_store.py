@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+from support.cli import run_bollmin
 
 import store
 from history import Candle
@@ -280,8 +281,6 @@ def test_store_writes_and_reads(tmp_path):
 
 @pytest.fixture(scope="module")
 def backtest_db(tmp_path_factory, candles_15m_2023):
-    from conftest import run_bollmin
-
     d = tmp_path_factory.mktemp("backtest_db")
     klines = d / "slice.csv"
     rows = ["open_time_ms,open,high,low,close"] + [

@@ -9,8 +9,10 @@ import shutil
 import sqlite3
 
 import pytest
-from conftest import MARKET_1M, MARKET_15M, run_bollmin
-from labkit import settings
+from support.cli import run_bollmin
+from support.env import clean_env
+from support.lab import settings, write_funding
+from support.paths import MARKET_1M, MARKET_15M, ROOT
 
 import store
 from backtest import main_backtest
@@ -72,8 +74,6 @@ def test_the_cli_backtest_agrees_too(grid_lines, tmp_path):
 
 
 def test_cooldown_slippage_and_funding_axes_on_the_1m_file(tmp_path):
-    from labkit import write_funding
-
     funding = write_funding(str(tmp_path / "f.csv"), load_tape(MARKET_1M).times)
     r = run_bollmin("sweep", "--klines", MARKET_1M, "--interval", "5m", "--period", "20", "--k", "2",
                     "--cooldown", "0,3", "--slippage", "0,0.02", "--funding", funding, "--json", "--jobs", "2")
@@ -237,12 +237,11 @@ def test_ctrl_c_stops_the_workers_and_writes_nothing(tmp_path):
     import time
 
     import psutil
-    from conftest import ROOT, core_env
 
     db = tmp_path / "lab.db"
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "bollmin.py"), "sweep", "--klines", MARKET_15M,
                              "--period", "10:60:1", "--k", "1:3:0.1", "--jobs", "2", "--db", str(db)], cwd=ROOT,
-                            env=core_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     parent = psutil.Process(proc.pid)
     deadline = time.monotonic() + 60

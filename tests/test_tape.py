@@ -6,9 +6,10 @@ import gzip
 import zipfile
 
 import pytest
-from conftest import MARKET_1M, MARKET_15M, run_bollmin
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.cli import run_bollmin
+from support.paths import MARKET_1M, MARKET_15M
 
 from history import HistoryError, path_ticks, read_candles
 from tape import load_tape, read_candle_arrays, read_funding

@@ -7,11 +7,10 @@ import asyncio
 import json
 
 import pytest
-from harness import API_KEY, API_SECRET, DATA_1M, ctl
+from support.sim import API_KEY, API_SECRET, ctl, running_sim
 
 from config import load_config
 from exchange import Exchange
-from simexchange import SimExchangeThread
 from userstream import UserStream, private_url
 
 ORDER = {"e": "ORDER_TRADE_UPDATE", "E": 1568879465651, "T": 1568879465650, "o": {
@@ -72,8 +71,7 @@ def test_the_stream_is_on_the_routed_private_path():
 
 @pytest.fixture
 def sim():
-    with SimExchangeThread(DATA_1M, paused=True, history_candles=60, api_key=API_KEY, api_secret=API_SECRET,
-                           target_interval="1m") as s:
+    with running_sim() as s:
         yield s
 
 

@@ -10,12 +10,14 @@ import sys
 from decimal import Decimal
 
 import pytest
-from conftest import run_bollmin
-from harness import DATA_1M, ROOT, Bot, ctl, query, wait_for
 from hypothesis import given
 from hypothesis import settings as settings_
 from hypothesis import strategies as st
-from labkit import settings
+from support.bot import Bot, query, wait_for
+from support.cli import run_bollmin
+from support.lab import settings
+from support.paths import MARKET_1M, ROOT
+from support.sim import ctl
 
 from broker import DEFAULT_RULES, Ledger, OrderSizeError, PaperBroker, SymbolRules, order_qty, paper_broker_from_config
 from engine import Engine, StrategyOptions, VariantEngine, engine_from_config
@@ -155,7 +157,7 @@ def test_funding_file_problems_are_one_line_exit_2(tmp_path):
     bad = tmp_path / "f.csv"
     bad.write_text("funding_time_ms,funding_rate\n1672531200000,abc\n", encoding="utf-8")
     for path, needle in ((str(tmp_path / "missing.csv"), "no such file"), (str(bad), "line 2")):
-        r = run_bollmin("backtest", "--klines", DATA_1M, "--funding", path)
+        r = run_bollmin("backtest", "--klines", MARKET_1M, "--funding", path)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr
 
 
@@ -163,7 +165,7 @@ def test_funding_file_problems_are_one_line_exit_2(tmp_path):
 def test_run_and_backtest_make_the_same_transitions_with_variations(tmp_path):
     """Paper `run` and `backtest` with evaluate-on-close, a breakout buffer and a cooldown: same transitions."""
     rows = []
-    with gzip.open(DATA_1M, "rt") as fh:
+    with gzip.open(MARKET_1M, "rt") as fh:
         reader = csv.reader(fh)
         header = next(reader)
         for i, row in enumerate(reader):

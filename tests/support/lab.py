@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 import backtest
 import config
 import evaluator
 from tape import NO_FUNDING, Candles, FundingEvents, Series, read_funding, tape_from_candles
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MARKET_15M = os.path.join(ROOT, "marketdata", "btcusdt_um_15m_2023.csv.gz")
-MARKET_1M = os.path.join(ROOT, "marketdata", "btcusdt_um_1m_2025-05.csv.gz")
 
 #: Every variation on its own and some together (the defaults are {}).
 VARIATIONS: tuple[dict, ...] = (

@@ -1,32 +1,19 @@
-"""Helpers for tests that run the real bot process against the simulated exchange."""
+"""The real bot process (``python bollmin.py run``) for end-to-end tests, and reading its DB."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA_1M = os.path.join(ROOT, "marketdata", "btcusdt_um_1m_2025-05.csv.gz")
-DATA_15M = os.path.join(ROOT, "marketdata", "btcusdt_um_15m_2023.csv.gz")
-API_KEY, API_SECRET = "test-api-key-7f3a", "test-api-secret-9c1e55"
-
-
-def ctl(base_url: str, name: str, body: dict | None = None, method: str | None = None) -> Any:
-    """Call the simulated exchange's control API (``/_sim/<name>``)."""
-    method = method or ("GET" if name in ("state", "requests", "orders") else "POST")
-    data = None if method == "GET" else json.dumps(body or {}).encode()
-    req = urllib.request.Request(f"{base_url}/_sim/{name}", data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
+from support.env import clean_env
+from support.paths import ROOT
+from support.sim import API_KEY, API_SECRET
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
@@ -61,6 +48,15 @@ def query(db_path: str, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         conn.close()
 
 
+def tail(path: str, lines: int) -> str:
+    """The last ``lines`` lines of a text file (a process's stderr); "" when it cannot be read."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return "".join(fh.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
 def status(db_path: str) -> dict[str, str]:
     return {r["key"]: r["value"] for r in query(db_path, "SELECT key, value FROM status")}
 
@@ -82,9 +78,7 @@ class Bot:
             values.update(API_KEY=API_KEY, API_SECRET=API_SECRET)
         values.update(settings)
         self.config = write_config(os.path.join(workdir, "config.py"), **values)
-        self.env = dict(os.environ, **(env or {}))
-        for secret in ("BINANCE_API_KEY", "BINANCE_API_SECRET", "BOLLMIN_CONFIG"):
-            self.env.pop(secret, None)
+        self.env = clean_env(**(env or {}))
         self.proc: subprocess.Popen | None = None
         self.stderr_path = os.path.join(workdir, "stderr.txt")
 
@@ -131,11 +125,7 @@ class Bot:
             self._stderr.close()
 
     def stderr_tail(self, lines: int = 30) -> str:
-        try:
-            with open(self.stderr_path, encoding="utf-8", errors="replace") as fh:
-                return "".join(fh.readlines()[-lines:])
-        except OSError:
-            return ""
+        return tail(self.stderr_path, lines)
 
     def log_text(self) -> str:
         with open(self.log, encoding="utf-8") as fh:
