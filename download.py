@@ -40,6 +40,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+import progress as progress_mod
 from config import Config, ConfigError
 from history import INTERVAL_MS, HistoryError
 
@@ -479,8 +480,6 @@ def _day(ms: int | None) -> str:
 def main_download(cfg: Config, symbol: str, interval: str, start: str, end: str | None, out: str, funding: bool,
                   stdout: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """The download subcommand: ConfigError/HistoryError for bad input (exit 2), 1 when the exchange fails."""
-    import progress as progress_mod
-
     cfg.replace(SYMBOL=symbol)  # the same check as the setting (upper-case contract name)
     if interval not in INTERVAL_MS:
         raise ConfigError(f"--interval {interval!r}: use one of {', '.join(INTERVAL_MS)}")

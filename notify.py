@@ -37,12 +37,14 @@ logging are one concern (what leaves the machine, and how); none is used elsewhe
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import logging
 import queue
 import re
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -515,9 +517,6 @@ def main(argv: list[str] | None = None) -> int:
     """``python notify.py [--config PATH] [TEXT]``: send one test message to every NOTIFY_URLS
     target now (one attempt each) and print how each went, the URL masked. Exit 0 when every
     target accepted it, 1 when one did not, 2 for a bad configuration."""
-    import argparse
-    import sys
-
     parser = argparse.ArgumentParser(prog="notify.py", description=main.__doc__.split("\n\n")[0])
     parser.add_argument("--config", metavar="PATH", help="settings file (default: $BOLLMIN_CONFIG or the defaults)")
     parser.add_argument("text", nargs="?", default="测试通知 / test notification", help="the message to send")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import json
 import logging
 import os
 import secrets
@@ -1035,8 +1036,6 @@ def check_sweep_db(path: str) -> None:
 
 def write_sweep(path: str, meta: dict[str, Any], ranked: list[dict[str, Any]], top: int) -> int:
     """Store one sweep (run, every set, the equity curves of the ``top`` best); returns the run id."""
-    import json
-
     check_sweep_db(path)
     store = Store(path)
     conn = store.conn
@@ -1104,8 +1103,6 @@ def read_sweep_results(conn: sqlite3.Connection, run_id: int, limit: int | None 
 
 def read_sweep_record(conn: sqlite3.Connection, result_id: int) -> dict[str, Any] | None:
     """One set's whole ``sweep --json`` line (every figure, in- and out-of-sample included)."""
-    import json
-
     row = conn.execute("SELECT summary_json FROM sweep_results WHERE id = ?", (result_id,)).fetchone()
     return None if row is None else json.loads(row[0])
 
