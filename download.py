@@ -23,6 +23,9 @@
 The file is in the backtest format: ``open_time_ms,open,high,low,close,volume,close_time_ms``
 with the exchange's own number strings. Funding goes to FILE with ``.funding`` before ``.csv``:
 ``funding_time_ms,funding_rate,mark_price``.
+
+Why this size: one command — paging klines and funding rates under the request-weight
+limit, resuming an interrupted download, checking every page, writing the files atomically.
 """
 
 from __future__ import annotations

@@ -33,6 +33,10 @@ Try the targets by hand: ``python notify.py --config PATH [TEXT]`` sends one mes
 
 Why one module of this size: the message texts, the delivery and the taming of Apprise's
 logging are one concern (what leaves the machine, and how); none is used elsewhere.
+
+Why this size: one concern, telling the trader — the message texts of every event (Chinese
+and English), which events go out (filters, throttling), the sending thread with its bounded
+queue, and the command-line tester.
 """
 
 from __future__ import annotations

@@ -19,6 +19,11 @@ writer (orders on its priority lane) and its orders are filled (paper) or queued
 executor (live); the strategy never waits for the exchange.
 
 SIGTERM/SIGINT: stop reading, finish the order in flight, flush, exit 0 within 10 s.
+
+Why this size: ``Bot`` is the strategy's side of trading that the other modules call back
+into (market events, transitions, commands, a close now, the catch-up after a connect); the
+wiring around it is short. Logging, supervision, startup, heartbeat and commands live in their
+own modules.
 """
 
 from __future__ import annotations

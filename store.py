@@ -7,6 +7,11 @@ read-only and may only add rows to ``commands``. Every table is meant to be read
 
 Schema versions are ``PRAGMA user_version``; each migration runs inside one explicit
 transaction (not ``executescript``, which commits on its own).
+
+Why one file of this size: it is the only module that speaks SQL (the schema and its
+migrations, connections, ``Store``, the writer thread and every read the bot, the CLI, the
+dashboard and the strategy lab make), so a change to a table is made and reviewed in one place.
+Its sections are marked ``# ---- …``.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ untouched rest (out-of-sample: a fresh start, FLAT, with the bands warmed up on 
 ``period - 1`` candles before the cut: exactly what ``backtest`` prints for a file starting
 ``period - 1`` candles before the cut). A trader's question is whether the best in-sample set
 still makes money out of sample; the report says so in plain words.
+
+Why this size: one command with four parts, in this order — the grid of parameter sets,
+running them on every core, ranking with the walk-forward verdicts, the text report. The
+per-set evaluation is ``evaluator.py``; the HTML report ``lab_report.py``.
 """
 
 from __future__ import annotations
