@@ -318,7 +318,7 @@ if what == "status":
         out["db_" + key if not key.startswith("db_") else key] = rows.get(key) or ""
     try:  # the ledger's signed quantity: > 0 long, < 0 short
         qty, entry = float(rows.get("position_qty") or 0), float(rows.get("entry_price") or 0)
-        out["position"] = "flat" if not qty else f"{'long' if qty > 0 else 'short'} {abs(qty):g} @ {entry:g}"
+        out["position"] = "flat" if not qty else f"{'long' if qty > 0 else 'short'} {abs(qty):.10g} @ {entry:.10g}"
     except (TypeError, ValueError):
         out["position"] = ""
     if "db_error" in rows:

@@ -294,13 +294,13 @@ def test_the_probe_reads_an_instances_status_from_its_db(tmp_path):
     conf.write_text(f"SYMBOL = 'ETHUSDT'\nDB_PATH = '{tmp_path}/ETHUSDT.db'\n")
     db = store.Store(str(tmp_path / "ETHUSDT.db"))
     db.set_status({"heartbeat_ms": store.now_ms(), "state": "SHORT", "mode": "PAPER", "position_qty": -0.25,
-                   "entry_price": 3150.5, "connection": "connected"})
+                   "entry_price": 104321.55, "connection": "connected"})
     db.close()
     res = run_probe(tmp_path, conf, "status")
     assert res.returncode == 0, res.stderr
     out = dict(line.split("=", 1) for line in res.stdout.splitlines())
     assert out["SYMBOL"] == "ETHUSDT" and out["DB"] == f"{tmp_path}/ETHUSDT.db" and out["db_state"] == "SHORT"
-    assert out["position"] == "short 0.25 @ 3150.5" and out["db_mode"] == "PAPER"
+    assert out["position"] == "short 0.25 @ 104321.55" and out["db_mode"] == "PAPER"
     assert 0 <= float(out["heartbeat_age_s"]) < 30
 
 
