@@ -1,24 +1,43 @@
 #!/usr/bin/env bash
-# Install or update bollmin as two systemd services on Ubuntu 22.04/24.04 or Debian 12.
+# Install or update bollmin as systemd services on Ubuntu 22.04/24.04 or Debian 12: the bot, its
+# dashboard, and optionally more bots on other symbols of the same account ("instances").
 #
-# Usage: sudo ./auto_deploy.sh [COMMAND]
+# Usage: sudo ./auto_deploy.sh [COMMAND] [SYMBOL]
 #
-#   (none), install     install or update from this folder, restart, health check
-#   status              services, heartbeat, market data, mode (secrets masked)
-#   logs [ARGS...]      last 100 log lines of both services (ARGS go to journalctl, e.g. -f)
-#   restart             re-read AUTO_RESTART from the config, restart both services, health check
-#   stop                stop both services (they start again at boot)
-#   uninstall [--purge] remove the services and /opt/bollmin; config, secrets, data and logs
-#                       are kept unless --purge (which also removes the bollmin user)
+#   (none), install     install or update from this folder, restart, health check; updates every
+#                       instance too (running bots restarted on the new code, configs never touched)
+#   status [SYMBOL]     services, heartbeat, market data, mode (secrets masked), and the instances
+#   list                every instance: service, mode, strategy state, position, heartbeat age
+#   logs [SYMBOL] [ARGS...]  last 100 log lines of both services, or of that instance (ARGS go to
+#                       journalctl, e.g. -f)
+#   restart [SYMBOL]    re-read AUTO_RESTART from the config, restart both services (or that
+#                       instance), health check
+#   stop [SYMBOL]       stop both services, or that instance (they start again at boot)
+#   add SYMBOL          one more bot, trading SYMBOL (e.g. ETHUSDT) on the same account: settings
+#                       /etc/bollmin/SYMBOL.py from the defaults (paper trading), DB
+#                       /var/lib/bollmin/SYMBOL.db, log /var/log/bollmin/SYMBOL.log, service
+#                       bollmin@SYMBOL.service; the exchange must list SYMBOL; started, health check
+#   remove SYMBOL [--purge]  stop and remove that instance; its settings, DB and log are kept
+#                       unless --purge (--force: even while it holds a live position)
+#   uninstall [--purge] remove the services (every instance's too) and /opt/bollmin; config,
+#                       secrets, data and logs are kept unless --purge (which also removes the
+#                       bollmin user)
 #   -h, --help          this help (needs no root, changes nothing)
+#
+# Without SYMBOL a command acts on the default instance as it always did: bollmin.service with
+# /etc/bollmin/config.py (and the dashboard). SYMBOL names an instance made with add (or the default
+# instance's own symbol). Symbols are upper-case letters and digits, like the SYMBOL setting.
 #
 # Layout: code /opt/bollmin (venv in /opt/bollmin/venv), settings /etc/bollmin/config.py
 # (created once, never overwritten), secrets /etc/bollmin/bollmin.env (the bot's: exchange keys,
 # notification URLs) and /etc/bollmin/dashboard.env (the dashboard password), root:bollmin 0640,
 # data /var/lib/bollmin, log file /var/log/bollmin (and journald), services bollmin.service
 # and bollmin-dashboard.service running as the system user bollmin (the dashboard never gets the
-# bot's secrets file). Running it again is an update: config, secrets and data are kept.
-# Details: docs/deploy.zh.md
+# bot's secrets file). An instance adds /etc/bollmin/SYMBOL.py, /var/lib/bollmin/SYMBOL.db,
+# /var/log/bollmin/SYMBOL.log and bollmin@SYMBOL.service (same user, same hardening); the code,
+# the venv, the secrets (one exchange account) and the dashboard are shared. Running it again is
+# an update: config, secrets and data are kept.
+# Details: README.md (服务器部署)
 set -euo pipefail
 
 readonly APP_USER=bollmin
@@ -33,7 +52,10 @@ readonly LOG_DIR=/var/log/bollmin
 readonly UNIT_DIR=/etc/systemd/system
 readonly BOT_UNIT=bollmin.service
 readonly WEB_UNIT=bollmin-dashboard.service
+readonly TEMPLATE_UNIT=bollmin@.service
 readonly RESTART_DROPIN=$UNIT_DIR/$BOT_UNIT.d/10-restart.conf
+# An instance's name is its symbol, spelled like the SYMBOL setting (config.py: _symbol).
+readonly SYMBOL_RE='^[A-Z0-9]{2,20}$'
 readonly LOCK_FILE=/run/lock/bollmin-deploy.lock
 # Seconds the health check waits for the bot's first fresh heartbeat / for market data.
 HEALTH_TIMEOUT=${BOLLMIN_HEALTH_TIMEOUT:-90}
@@ -80,7 +102,7 @@ need_root() {  # need_root COMMAND
   [ -d /run/systemd/system ] || die "systemd is not running on this machine (is this a container without systemd?)"
   trap cleanup EXIT
   case $1 in
-    status | logs) ;;  # read-only: fine while a deploy runs
+    status | logs | list) ;;  # read-only: fine while a deploy runs
     *)
       mkdir -p "$(dirname "$LOCK_FILE")"
       exec 9>"$LOCK_FILE"
@@ -91,6 +113,61 @@ need_root() {  # need_root COMMAND
 
 as_service_user() {  # run a command as bollmin with a clean environment (setpriv: no PAM session noise)
   setpriv --reuid="$APP_USER" --regid="$APP_USER" --init-groups --inh-caps=-all -- "${CLEAN_ENV[@]}" "$@"
+}
+
+# ---- instances ---------------------------------------------------------------------------------
+# An instance is one bot. "" names the default one (bollmin.service, /etc/bollmin/config.py, any
+# symbol); an added one is named by its symbol: bollmin@SYMBOL.service, /etc/bollmin/SYMBOL.py.
+# An added instance exists while its AUTO_RESTART drop-in does (add writes it, remove deletes it).
+
+unit_of() { if [ -n "$1" ]; then printf 'bollmin@%s.service' "$1"; else printf '%s' "$BOT_UNIT"; fi; }
+conf_of() { if [ -n "$1" ]; then printf '%s/%s.py' "$CONF_DIR" "$1"; else printf '%s' "$CONF_FILE"; fi; }
+dropin_of() { printf '%s/%s.d/10-restart.conf' "$UNIT_DIR" "$(unit_of "$1")"; }
+
+instances() {  # the added instances, one symbol per line
+  local f name
+  for f in "$UNIT_DIR"/bollmin@*.service.d/10-restart.conf; do
+    [ -e "$f" ] || continue
+    name=${f#"$UNIT_DIR/bollmin@"}
+    name=${name%.service.d/10-restart.conf}
+    if [[ $name =~ $SYMBOL_RE ]]; then
+      printf '%s\n' "$name"
+    fi
+  done
+}
+
+is_instance() { [ -n "$1" ] && [ -e "$(dropin_of "$1")" ]; }
+
+is_running() {  # is_running UNIT: active, or on its way there (a restart after a crash included)
+  case $(systemctl show -p ActiveState --value "$1") in
+    active | activating | reloading) return 0 ;;
+    *) return 1 ;;
+  esac
+}
+
+check_symbol_name() {  # check_symbol_name WORD: dies unless WORD is spelled like a contract name
+  local hint=""
+  if [[ $1 =~ $SYMBOL_RE ]]; then
+    return 0
+  fi
+  if [[ ${1^^} =~ $SYMBOL_RE ]]; then
+    hint=" (did you mean ${1^^}?)"
+  fi
+  die "'$1' is not a symbol: 2 to 20 upper-case letters and digits, such as ETHUSDT$hint"
+}
+
+TARGET=""  # the instance a command acts on ("" = the default one), set by resolve
+
+resolve() {  # resolve [SYMBOL]: sets TARGET; the default instance's own symbol names it too
+  TARGET=""
+  if [ -z "${1:-}" ] || is_instance "$1"; then
+    TARGET=${1:-}
+    return 0
+  fi
+  if probe_quiet "$CODE_DIR" "$CONF_FILE" && [ "${CFG[SYMBOL]:-}" = "$1" ]; then
+    return 0
+  fi
+  die "no instance $1 here (sudo ./auto_deploy.sh list shows them; to add one: sudo ./auto_deploy.sh add $1)"
 }
 
 # ---- Python ------------------------------------------------------------------------------------
@@ -160,8 +237,12 @@ ensure_venv() {  # ensure_venv REQUIREMENTS_FILE
 
 # The probe runs as the service user with the secrets from the env file, exactly as the
 # service will see them, validates everything once and prints KEY=VALUE lines (no secrets).
+# WHAT: config (the settings), status (also the bot's last report from its DB, read-only),
+# exchange (the bot's own check-config --exchange: is SYMBOL listed? exit 2 when it is not), or
+# instance SYMBOL LOG_DIR (prints a new instance's settings file: the defaults, its symbol and
+# paths, and this account's exchange from the probed file).
 read -r -d '' PROBE_PY <<'PY' || true
-import pathlib, sqlite3, sys, time
+import pathlib, re, sqlite3, sys, time
 import config
 
 def read_env(path):
@@ -187,6 +268,32 @@ except config.ConfigError as err:
     sys.exit(f"{err}")
 except OSError as err:
     sys.exit(f"cannot read {err.filename}: {err.strerror}")
+if what == "exchange":
+    import os
+    import bollmin
+    os.environ.update(env)
+    sys.exit(bollmin.main(["check-config", "--exchange", "--json", "--config", conf_file]))
+if what == "instance":
+    symbol, log_dir = sys.argv[6:8]
+    values = {"SYMBOL": symbol, "DB_PATH": f"{data_dir}/{symbol}.db", "LOG_FILE": f"{log_dir}/{symbol}.log"}
+    # One account, one exchange: the keys in the env file work where the probed file trades.
+    if cfg.TESTNET:
+        values["TESTNET"] = True
+    rest, ws = (config.TESTNET_REST, config.TESTNET_WS) if cfg.TESTNET else (config.PRODUCTION_REST, config.PRODUCTION_WS)
+    if cfg.REST_BASE_URL != rest:
+        values["REST_BASE_URL"] = cfg.REST_BASE_URL
+    if cfg.WS_BASE_URL != ws:
+        values["WS_BASE_URL"] = cfg.WS_BASE_URL
+    text = config.render_default_file()
+    for name, value in values.items():
+        line = f"{name} = {value!r}"
+        text, found = re.subn(rf"^{name} = .*$", lambda _match, line=line: line, text, count=1, flags=re.M)
+        if found != 1:
+            sys.exit(f"the default settings file has no {name} line")
+    sys.stdout.write(text)
+    print(" ".join(f"{k} = {v!r}" for k, v in values.items() if k not in ("SYMBOL", "DB_PATH", "LOG_FILE")),
+          file=sys.stderr)
+    sys.exit(0)
 db = pathlib.Path(data_dir, cfg.DB_PATH)  # relative paths are relative to WorkingDirectory
 out = {"AUTO_RESTART": cfg.AUTO_RESTART, "MODE": cfg.mode, "DB": db, "LOG_FILE": pathlib.Path(data_dir, cfg.LOG_FILE),
        "DASHBOARD_HOST": cfg.DASHBOARD_HOST, "DASHBOARD_PORT": cfg.DASHBOARD_PORT,
@@ -209,22 +316,34 @@ if what == "status":
             out[key.replace("_ms", "_age_s")] = ""
     for key in ("connection", "state", "mode", "price", "db_error"):
         out["db_" + key if not key.startswith("db_") else key] = rows.get(key) or ""
+    try:  # the ledger's signed quantity: > 0 long, < 0 short
+        qty, entry = float(rows.get("position_qty") or 0), float(rows.get("entry_price") or 0)
+        out["position"] = "flat" if not qty else f"{'long' if qty > 0 else 'short'} {abs(qty):.10g} @ {entry:.10g}"
+    except (TypeError, ValueError):
+        out["position"] = ""
+    if "db_error" in rows:
+        out["position"] = ""
 for key, value in out.items():
     print(f"{key}={' '.join(str(value).split())}")
 PY
 
 declare -A CFG=()
+PROBE_ERROR=""  # the one-line reason of the last failed probe
 
-probe() {  # probe CODE_DIR [status]: fills CFG; on a bad config prints its one-line message and fails
-  local code=$1 what=${2:-config} out err line
+_probe() {  # _probe LOUD CODE_DIR CONF [WHAT]: fills CFG; on a bad config sets PROBE_ERROR and fails
+  local loud=$1 code=$2 conf=$3 what=${4:-config} out err line key value
   out=$(scratch bollmin-probe)
   err=$(scratch bollmin-probe-err)
   if ! (cd "$code" && as_service_user "$VENV_DIR/bin/python" -E -s -c "$PROBE_PY" \
-          "$CONF_FILE" "$ENV_FILE" "$WEB_ENV_FILE" "$DATA_DIR" "$what") >"$out" 2>"$err"; then
+          "$conf" "$ENV_FILE" "$WEB_ENV_FILE" "$DATA_DIR" "$what") >"$out" 2>"$err"; then
     line=$(grep -v '^[[:space:]]*$' "$err" | tail -n 1 || true)
-    printf 'bollmin: ERROR: configuration: %s\n' "${line:-the settings could not be read}" >&2
-    printf 'bollmin: fix %s (or %s, %s) and run this again; the running services were not changed\n' \
-      "$CONF_FILE" "$ENV_FILE" "$WEB_ENV_FILE" >&2
+    PROBE_ERROR=${line:-the settings could not be read}
+    if [ "$loud" = 1 ]; then
+      printf 'bollmin: ERROR: configuration: %s\n' "$PROBE_ERROR" >&2
+      printf 'bollmin: fix %s (or %s, %s) and run this again; the running services were not changed\n' \
+        "$conf" "$ENV_FILE" "$WEB_ENV_FILE" >&2
+    fi
+    rm -f "$out" "$err"
     return 1
   fi
   CFG=()
@@ -233,7 +352,11 @@ probe() {  # probe CODE_DIR [status]: fills CFG; on a bad config prints its one-
       CFG[$key]=$value
     fi
   done <"$out"
+  rm -f "$out" "$err"
 }
+
+probe() { _probe 1 "$@"; }        # probe CODE_DIR CONF [WHAT]: a bad config is one line on stderr
+probe_quiet() { _probe 0 "$@"; }  # the same, silent (PROBE_ERROR says why)
 
 ensure_user() {
   if ! getent group "$APP_USER" >/dev/null; then
@@ -344,9 +467,9 @@ setting_names() {  # setting_names CODE_DIR: one name per line (nothing when unk
     2>/dev/null) || true
 }
 
-report_new_settings() {  # report_new_settings NEW_CODE OLD_NAMES_FILE
-  local missing old_names=$2 line name new=()
-  missing=$(cd "$1" && as_service_user "$VENV_DIR/bin/python" -E -s config.py --missing "$CONF_FILE" 2>/dev/null) ||
+report_new_settings() {  # report_new_settings NEW_CODE OLD_NAMES_FILE CONF
+  local missing old_names=$2 conf=$3 line name new=()
+  missing=$(cd "$1" && as_service_user "$VENV_DIR/bin/python" -E -s config.py --missing "$conf" 2>/dev/null) ||
     return 0
   while IFS= read -r line; do
     [ -n "$line" ] || continue
@@ -359,9 +482,9 @@ report_new_settings() {  # report_new_settings NEW_CODE OLD_NAMES_FILE
   done <<<"$missing"
   if [ "${#new[@]}" -gt 0 ]; then
     if [ -s "$old_names" ]; then
-      say "settings new in this version (not in $CONF_FILE; these defaults apply — copy a line there to change it):"
+      say "settings new in this version (not in $conf; these defaults apply — copy a line there to change it):"
     else  # no previous version to compare with (e.g. reinstalled after an uninstall)
-      say "settings not set in $CONF_FILE (these defaults apply — copy a line there to change it):"
+      say "settings not set in $conf (these defaults apply — copy a line there to change it):"
     fi
     printf '    %s\n' "${new[@]}"
   fi
@@ -369,22 +492,23 @@ report_new_settings() {  # report_new_settings NEW_CODE OLD_NAMES_FILE
 
 # ---- systemd ----------------------------------------------------------------------------------
 
-write_restart_dropin() {  # from CFG[AUTO_RESTART]
-  local policy=no answer=no tmp
-  if [ "${CFG[AUTO_RESTART]:-}" = True ]; then
+write_restart_dropin() {  # write_restart_dropin NAME AUTO_RESTART: the instance's Restart= (its marker too)
+  local name=$1 value=$2 policy=no answer=no tmp dropin
+  if [ "$value" = True ]; then
     policy=on-failure
     answer=yes
   fi
-  mkdir -p "$(dirname "$RESTART_DROPIN")"
+  dropin=$(dropin_of "$name")
+  mkdir -p "$(dirname "$dropin")"
   tmp=$(scratch bollmin-dropin)
   cat >"$tmp" <<EOF
-# Written by auto_deploy.sh from AUTO_RESTART = ${CFG[AUTO_RESTART]:-?} in $CONF_FILE; do not edit.
-# To change it: edit AUTO_RESTART there, then run: sudo ./auto_deploy.sh restart
+# Written by auto_deploy.sh from AUTO_RESTART = ${value:-?} in $(conf_of "$name"); do not edit.
+# To change it: edit AUTO_RESTART there, then run: sudo ./auto_deploy.sh restart${name:+ $name}
 [Service]
 Restart=$policy
 EOF
-  install -m 0644 -o root -g root "$tmp" "$RESTART_DROPIN"
-  say "AUTO_RESTART = ${CFG[AUTO_RESTART]:-?}: systemd restarts the bot after a crash: $answer"
+  install -m 0644 -o root -g root "$tmp" "$dropin"
+  say "${name:+$name: }AUTO_RESTART = ${value:-?}: systemd restarts the bot after a crash: $answer"
 }
 
 restart_services() {
@@ -398,6 +522,19 @@ restart_services() {
     die "$BOT_UNIT did not start (log above; more: sudo journalctl -u bollmin)"
   fi
   systemctl restart "$WEB_UNIT" || warn "$WEB_UNIT did not start: sudo journalctl -u bollmin-dashboard"
+}
+
+start_instance() {  # start_instance NAME: enable and (re)start an added instance's unit
+  local unit
+  unit=$(unit_of "$1")
+  systemctl enable --quiet "$unit" || return 1
+  systemctl reset-failed "$unit" 2>/dev/null || true
+  say "restarting $unit"
+  if ! systemctl restart "$unit"; then
+    journalctl -u "$unit" -n 30 --no-pager -o cat >&2 || true
+    printf 'bollmin: ERROR: %s did not start (log above; more: sudo journalctl -u %s)\n' "$unit" "${unit%.service}" >&2
+    return 1
+  fi
 }
 
 dashboard_url() {
@@ -418,35 +555,44 @@ is_loopback() {
   esac
 }
 
-health_check() {
-  local deadline state age url check_host code
-  say "health check: waiting for the bot's heartbeat (up to ${HEALTH_TIMEOUT}s)"
+bot_health() {  # bot_health NAME: 0 once the bot is active with a fresh heartbeat (no market data: a warning)
+  local name=$1 unit conf deadline state age
+  unit=$(unit_of "$name")
+  conf=$(conf_of "$name")
+  say "${name:+$name: }health check: waiting for the bot's heartbeat (up to ${HEALTH_TIMEOUT}s)"
   deadline=$((SECONDS + HEALTH_TIMEOUT))
   while :; do
-    state=$(systemctl show -p ActiveState --value "$BOT_UNIT")
-    probe "$CODE_DIR" status
+    state=$(systemctl show -p ActiveState --value "$unit")
+    probe "$CODE_DIR" "$conf" status || return 1
     age=${CFG[heartbeat_age_s]:-}
     if [ "$state" = active ] && [ -n "$age" ] && awk -v a="$age" 'BEGIN { exit !(a >= -2 && a <= 10) }'; then
       break
     fi
     if [ "$state" = failed ] || [ "$state" = inactive ] || [ $SECONDS -ge $deadline ]; then
-      journalctl -u "$BOT_UNIT" -n 30 --no-pager -o cat >&2 || true
-      die "no fresh heartbeat from the bot (unit $state, heartbeat ${age:-never}${age:+ s ago}, DB ${CFG[DB]:-?})"
+      journalctl -u "$unit" -n 30 --no-pager -o cat >&2 || true
+      printf 'bollmin: ERROR: no fresh heartbeat from the bot%s (unit %s, heartbeat %s, DB %s)\n' \
+        "${name:+ $name}" "$state" "${age:-never}${age:+ s ago}" "${CFG[DB]:-?}" >&2
+      return 1
     fi
     sleep 1
   done
-  say "bot: active, heartbeat ${age}s ago, mode ${CFG[MODE]:-}, state ${CFG[db_state]:-?}"
+  say "${name:-bot}: active, heartbeat ${age}s ago, mode ${CFG[MODE]:-}, state ${CFG[db_state]:-?}"
   deadline=$((SECONDS + MARKET_TIMEOUT))
   while [ "${CFG[db_connection]:-}" != connected ] && [ $SECONDS -lt $deadline ]; do
     sleep 2
-    probe "$CODE_DIR" status
+    probe "$CODE_DIR" "$conf" status || return 1
   done
   if [ "${CFG[db_connection]:-}" = connected ]; then
-    say "market data: connected (last message ${CFG[last_message_age_s]:-?}s ago)"
+    say "${name:+$name }market data: connected (last message ${CFG[last_message_age_s]:-?}s ago)"
   else
-    warn "market data is not flowing yet (connection: ${CFG[db_connection]:-unknown}). No network or the exchange" \
-      "is down? The bot keeps retrying by itself; watch it with: sudo journalctl -u bollmin -f"
+    warn "${name:+$name: }market data is not flowing yet (connection: ${CFG[db_connection]:-unknown}). No network" \
+      "or the exchange is down? The bot keeps retrying by itself; watch it with: sudo journalctl -u ${unit%.service} -f"
   fi
+}
+
+health_check() {  # the default bot (exits on failure), then the dashboard
+  local url check_host code
+  bot_health "" || exit 1
 
   url=$(dashboard_url)
   check_host=${CFG[DASHBOARD_HOST]:-}
@@ -483,11 +629,137 @@ except Exception as exc:
   fi
 }
 
+# ---- instances: their settings and the rules between them --------------------------------------
+
+COPIED_EXCHANGE=""  # the exchange settings a new instance's file took from config.py
+
+create_instance_config() {  # create_instance_config SYMBOL FILE: the defaults with its symbol and paths
+  local name=$1 file=$2 body err copied
+  body=$(scratch bollmin-instance)
+  err=$(scratch bollmin-instance-err)
+  if ! (cd "$CODE_DIR" && as_service_user "$VENV_DIR/bin/python" -E -s -c "$PROBE_PY" \
+          "$CONF_FILE" "$ENV_FILE" "$WEB_ENV_FILE" "$DATA_DIR" instance "$name" "$LOG_DIR") >"$body" 2>"$err"; then
+    die "could not make the settings of $name: $(grep -v '^[[:space:]]*$' "$err" | tail -n 1)"
+  fi
+  copied=$(tail -n 1 "$err")
+  {
+    printf '# %s — the %s instance (%s), created by auto_deploy.sh add on %s;\n' \
+      "$(conf_of "$name")" "$name" "$(unit_of "$name")" "$(date -u +%F)"
+    printf '# updates never overwrite it. After editing: sudo %s/auto_deploy.sh restart %s\n' "$CODE_DIR" "$name"
+    printf '# Shared with every instance: the exchange keys in %s (one account); so TESTNET,\n' "$ENV_FILE"
+    printf '# REST_BASE_URL and WS_BASE_URL start as in %s. DASHBOARD_* are not used here: the\n' "$CONF_FILE"
+    printf '# one dashboard reads %s and shows every instance.\n#\n' "$CONF_FILE"
+    cat "$body"
+  } >"$file"
+  COPIED_EXCHANGE=$copied
+}
+
+instance_rules() {  # instance_rules SYMBOL: after a probe of its settings, what an added instance must keep
+  local name=$1 conf
+  conf=$(conf_of "$name")
+  if [ "${CFG[SYMBOL]:-}" != "$name" ]; then
+    die "$conf: SYMBOL = '${CFG[SYMBOL]:-}', but this is the $name instance ($(unit_of "$name")): set SYMBOL = '$name'" \
+      "there (another symbol is another instance: sudo ./auto_deploy.sh add SYMBOL)"
+  fi
+  if [ "$(dirname "${CFG[DB]:-}")" != "$DATA_DIR" ]; then
+    die "$conf: DB_PATH must be a file in $DATA_DIR (the only place the service may write, and where the dashboard" \
+      "finds every instance), e.g. DB_PATH = '$DATA_DIR/$name.db'"
+  fi
+}
+
+check_distinct() {  # check_distinct CODE_DIR [SYMBOL CONF]: no two bots share a symbol, a DB or a log file
+  local code=$1 cand=${2:-} cand_conf=${3:-} name conf key value label
+  local -a names=("")
+  local -A owner=()
+  mapfile -t -O 1 names < <(instances)
+  if [ -n "$cand" ] && ! is_instance "$cand"; then
+    names+=("$cand")
+  fi
+  for name in "${names[@]}"; do
+    conf=$(conf_of "$name")
+    label="$(unit_of "$name") ($conf)"
+    if [ -n "$cand" ] && [ "$name" = "$cand" ]; then
+      conf=$cand_conf
+    fi
+    probe_quiet "$code" "$conf" || continue  # a bad settings file is reported where it is used
+    for key in SYMBOL DB LOG_FILE; do
+      value=${CFG[$key]:-}
+      if [ -n "${owner[$key=$value]:-}" ]; then
+        case $key in
+          SYMBOL) die "$label and ${owner[$key=$value]} both trade $value: the account holds one position per" \
+                    "symbol, and two bots would fight over it" ;;
+          *) die "$label and ${owner[$key=$value]} both use $value ($key): every instance needs its own" ;;
+        esac
+      fi
+      owner[$key=$value]=$label
+    done
+  done
+}
+
+exchange_check() {  # exchange_check SYMBOL CONF: listed, or the exchange could not be asked (a warning)
+  local name=$1 conf=$2 err rc=0 line
+  err=$(scratch bollmin-exchange)
+  (cd "$CODE_DIR" && as_service_user timeout 120 "$VENV_DIR/bin/python" -E -s -c "$PROBE_PY" \
+     "$conf" "$ENV_FILE" "$WEB_ENV_FILE" "$DATA_DIR" exchange) >/dev/null 2>"$err" || rc=$?
+  line=$(grep -v '^[[:space:]]*$' "$err" | tail -n 1 || true)
+  line=${line#bollmin: }
+  case $rc in
+    0)
+      if [ -n "$line" ]; then
+        warn "${line#warning: }; adding it anyway (the bot checks again when it starts, and stops if it is not listed)"
+      else
+        say "the exchange lists $name"
+      fi
+      ;;
+    124) warn "the exchange did not answer within 120 s: $name not confirmed; adding it anyway" ;;
+    *)
+      printf 'bollmin: ERROR: %s; nothing was installed\n' "${line:-the exchange check of $name failed (exit $rc)}" >&2
+      return 1
+      ;;
+  esac
+}
+
+purge_instance_files() {  # purge_instance_files SYMBOL: its settings, DB and log (never another bot's files)
+  local name=$1 conf db log other
+  conf=$(conf_of "$name")
+  db=$DATA_DIR/$name.db
+  log=$LOG_DIR/$name.log
+  if [ -f "$conf" ] && probe_quiet "$CODE_DIR" "$conf"; then
+    if [ "$(dirname "${CFG[DB]:-}")" = "$DATA_DIR" ]; then
+      db=${CFG[DB]}
+    fi
+    if [ "$(dirname "${CFG[LOG_FILE]:-}")" = "$LOG_DIR" ]; then
+      log=${CFG[LOG_FILE]}
+    fi
+  fi
+  for other in "" $(instances); do
+    probe_quiet "$CODE_DIR" "$(conf_of "$other")" || continue
+    if [ "${CFG[DB]:-}" = "$db" ] || [ "${CFG[LOG_FILE]:-}" = "$log" ]; then
+      die "not purging $name: $db or $log belongs to $(unit_of "$other") too; delete what is $name's by hand"
+    fi
+  done
+  rm -f -- "$conf" "$db" "$db-wal" "$db-shm" "$db-journal" "$log" "$log".[0-9]*
+  say "purged $name: $conf, $db, $log"
+}
+
+kept_instances() {  # settings files of removed instances, one symbol per line
+  local f name
+  for f in "$CONF_DIR"/*.py; do
+    name=${f##*/}
+    name=${name%.py}
+    if [[ $name =~ $SYMBOL_RE ]] && ! is_instance "$name"; then
+      printf '%s\n' "$name"
+    fi
+  done
+}
+
 # ---- commands ---------------------------------------------------------------------------------
 
 cmd_install() {
-  local first_config=0 old_names
-  for f in bollmin.py config.py requirements.txt "$BOT_UNIT" "$WEB_UNIT"; do
+  local first_config=0 old_names default_auto name conf
+  local -a added=() running=() stopped=() failed=()
+  local -A auto=()
+  for f in bollmin.py config.py requirements.txt "$BOT_UNIT" "$WEB_UNIT" "$TEMPLATE_UNIT"; do
     [ -f "$SRC_DIR/$f" ] || die "$SRC_DIR/$f is missing: run the auto_deploy.sh inside the bollmin folder"
   done
   say "installing from $SRC_DIR"
@@ -508,7 +780,8 @@ cmd_install() {
   # 2. The venv with the pinned requirements (at its final path; the code moves around it).
   ensure_venv "$STAGE/requirements.txt"
 
-  # 3. Settings and secrets: created once, never overwritten; permissions re-asserted.
+  # 3. Settings and secrets: created once, never overwritten; permissions re-asserted. Every
+  #    instance's settings must pass the new version before anything changes.
   if [ ! -e "$CONF_FILE" ]; then
     create_config "$STAGE"
     first_config=1
@@ -517,12 +790,30 @@ cmd_install() {
   ensure_web_env_file
   chown root:"$APP_USER" "$CONF_FILE" "$ENV_FILE" "$WEB_ENV_FILE"
   chmod 0640 "$CONF_FILE" "$ENV_FILE" "$WEB_ENV_FILE"
-  probe "$STAGE"
+  old_names=$(scratch bollmin-names)
+  setting_names "$CODE_DIR" >"$old_names"
+  probe "$STAGE" "$CONF_FILE"
+  default_auto=${CFG[AUTO_RESTART]:-}
   if [ "$first_config" = 0 ]; then
-    old_names=$(scratch bollmin-names)
-    setting_names "$CODE_DIR" >"$old_names"
-    report_new_settings "$STAGE" "$old_names"
+    report_new_settings "$STAGE" "$old_names" "$CONF_FILE"
   fi
+  mapfile -t added < <(instances)
+  for name in "${added[@]}"; do
+    conf=$(conf_of "$name")
+    chown root:"$APP_USER" "$conf" 2>/dev/null || true
+    chmod 0640 "$conf" 2>/dev/null || true
+    probe "$STAGE" "$conf"
+    instance_rules "$name"
+    auto[$name]=${CFG[AUTO_RESTART]:-}
+    report_new_settings "$STAGE" "$old_names" "$conf"
+    if is_running "$(unit_of "$name")"; then
+      running+=("$name")
+    else
+      stopped+=("$name")
+    fi
+  done
+  check_distinct "$STAGE"
+  probe "$STAGE" "$CONF_FILE"  # CFG is the default instance's again (the dashboard's address)
 
   # 4. Switch the code.
   if [ -d "$VENV_DIR" ]; then
@@ -537,13 +828,33 @@ cmd_install() {
   "$VENV_DIR/bin/python" -m compileall -q -l "$CODE_DIR" >/dev/null || warn "could not precompile $CODE_DIR"
   say "code installed in $CODE_DIR"
 
-  # 5. Services.
+  # 5. Services: the running bots go onto the new code at once (the old files are gone).
   install -m 0644 -o root -g root "$CODE_DIR/$BOT_UNIT" "$UNIT_DIR/$BOT_UNIT"
   install -m 0644 -o root -g root "$CODE_DIR/$WEB_UNIT" "$UNIT_DIR/$WEB_UNIT"
-  write_restart_dropin
+  install -m 0644 -o root -g root "$CODE_DIR/$TEMPLATE_UNIT" "$UNIT_DIR/$TEMPLATE_UNIT"
+  write_restart_dropin "" "$default_auto"
+  for name in "${added[@]}"; do
+    write_restart_dropin "$name" "${auto[$name]}"
+  done
   restart_services
+  for name in "${running[@]}"; do
+    start_instance "$name" || failed+=("$name")
+  done
   health_check
-  say "done. Later: sudo $CODE_DIR/auto_deploy.sh status (or logs -f, restart, stop); sudo journalctl -u bollmin -f"
+  for name in "${running[@]}"; do
+    if [[ " ${failed[*]} " != *" $name "* ]]; then
+      bot_health "$name" || failed+=("$name")
+    fi
+  done
+  for name in "${stopped[@]}"; do
+    say "$name: $(unit_of "$name") was not running, left so; it runs this version once started" \
+      "(sudo ./auto_deploy.sh restart $name)"
+  done
+  if [ "${#failed[@]}" -gt 0 ]; then
+    die "installed, but not healthy: ${failed[*]} (sudo ./auto_deploy.sh status SYMBOL, logs SYMBOL)"
+  fi
+  say "done. Later: sudo $CODE_DIR/auto_deploy.sh status (or list, logs -f, restart, stop, add SYMBOL);" \
+    "sudo journalctl -u bollmin -f"
 }
 
 require_installed() {
@@ -552,20 +863,141 @@ require_installed() {
   fi
 }
 
-cmd_restart() {
+cmd_add() {  # cmd_add SYMBOL
+  local name=$1 conf unit new_conf="" target
   require_installed
+  [ -f "$UNIT_DIR/$TEMPLATE_UNIT" ] ||
+    die "the installed bollmin predates instances: update it first (sudo ./auto_deploy.sh), then add $name"
+  conf=$(conf_of "$name")
+  unit=$(unit_of "$name")
+  if is_instance "$name"; then
+    say "$name is an instance already ($unit, $conf): nothing to do (sudo ./auto_deploy.sh restart $name restarts it)"
+    return 0
+  fi
   ensure_dirs
   ensure_web_env_file
-  probe "$CODE_DIR"
-  write_restart_dropin
-  restart_services
-  health_check
+  probe "$CODE_DIR" "$CONF_FILE"  # the default instance: its symbol, and the account's exchange
+  if [ "${CFG[SYMBOL]:-}" = "$name" ]; then
+    die "$name is the default instance's symbol ($BOT_UNIT, $CONF_FILE): the account holds one position per" \
+      "symbol, and two bots would fight over it"
+  fi
+  if [ -e "$conf" ]; then
+    say "using $conf as it is (kept from an earlier $name instance)"
+    target=$conf
+  else
+    new_conf=$(mktemp --suffix=.py "$CONF_DIR/.$name.XXXXXX")
+    TMP_FILES+=("$new_conf")
+    create_instance_config "$name" "$new_conf"
+    target=$new_conf
+  fi
+  chown root:"$APP_USER" "$target"
+  chmod 0640 "$target"
+  check_distinct "$CODE_DIR" "$name" "$target"
+  probe "$CODE_DIR" "$target"
+  instance_rules "$name"
+  exchange_check "$name" "$target" || exit 1
+  if [ -n "$new_conf" ]; then
+    mv "$new_conf" "$conf"
+    say "created $conf (${CFG[MODE]:-?}; edit it, then: sudo ./auto_deploy.sh restart $name)"
+    if [ -n "$COPIED_EXCHANGE" ]; then
+      say "  with the account's exchange, as in $CONF_FILE: $COPIED_EXCHANGE"
+    fi
+  fi
+  write_restart_dropin "$name" "${CFG[AUTO_RESTART]:-}"
+  systemctl daemon-reload
+  if ! start_instance "$name" || ! bot_health "$name"; then
+    die "$name is installed but not healthy (log above); fix it and: sudo ./auto_deploy.sh restart $name," \
+      "or take it away: sudo ./auto_deploy.sh remove $name"
+  fi
+  say "added $name: $unit, settings $conf, data ${CFG[DB]:-?}, log ${CFG[LOG_FILE]:-?}"
+  say "  shared with every instance: the code and venv in $CODE_DIR, the exchange keys in $ENV_FILE (one account)," \
+    "the dashboard"
+  say "  later: sudo ./auto_deploy.sh list; status $name; logs $name -f; restart $name; remove $name"
 }
 
-cmd_stop() {
+cmd_remove() {  # cmd_remove SYMBOL PURGE FORCE (0/1 each)
+  local name=$1 purge=$2 force=$3 unit conf dropin
   require_installed
+  unit=$(unit_of "$name")
+  conf=$(conf_of "$name")
+  dropin=$(dropin_of "$name")
+  if ! is_instance "$name"; then
+    if probe_quiet "$CODE_DIR" "$CONF_FILE" && [ "${CFG[SYMBOL]:-}" = "$name" ]; then
+      die "$name is the default instance ($BOT_UNIT, $CONF_FILE): it goes only with uninstall"
+    fi
+    if [ -e "$conf" ] || [ -e "$DATA_DIR/$name.db" ] || [ -e "$LOG_DIR/$name.log" ]; then
+      if [ "$purge" = 1 ]; then
+        purge_instance_files "$name"
+        return 0
+      fi
+      die "$name is not an instance (removed before); its files are kept: remove $name --purge deletes them"
+    fi
+    die "no instance $name here (sudo ./auto_deploy.sh list shows them)"
+  fi
+  # Without its bot an open position on the exchange has nobody to close it (no stop-loss).
+  if probe_quiet "$CODE_DIR" "$conf" status && [ -n "${CFG[db_mode]:-}" ] && [ "${CFG[db_mode]}" != PAPER ] &&
+     [ -n "${CFG[position]:-}" ] && [ "${CFG[position]}" != flat ]; then
+    if [ "$force" != 1 ]; then
+      die "$name holds an open ${CFG[db_mode]} position (${CFG[position]}) that nobody would manage without its bot:" \
+        "close it first (dashboard: close now), or only stop the bot (stop $name); to remove it anyway: remove $name --force"
+    fi
+    warn "$name holds an open ${CFG[db_mode]} position (${CFG[position]}): removed anyway (--force); it stays open"
+  fi
+  systemctl disable --now --quiet "$unit" 2>/dev/null || true
+  rm -f "$dropin"
+  rmdir "$(dirname "$dropin")" 2>/dev/null || true  # kept when it holds a drop-in of the user's own
+  systemctl daemon-reload
+  systemctl reset-failed "$unit" 2>/dev/null || true
+  say "removed $unit"
+  if [ "$purge" = 1 ]; then
+    purge_instance_files "$name"
+  else
+    say "kept: its settings $conf, data and log (in $DATA_DIR, $LOG_DIR); sudo ./auto_deploy.sh add $name uses them" \
+      "again, remove $name --purge deletes them"
+  fi
+}
+
+cmd_restart() {  # cmd_restart [SYMBOL]
+  require_installed
+  resolve "${1:-}"
+  ensure_dirs
+  ensure_web_env_file
+  if [ -z "$TARGET" ]; then
+    probe "$CODE_DIR" "$CONF_FILE"
+    write_restart_dropin "" "${CFG[AUTO_RESTART]:-}"
+    restart_services
+    health_check
+    return 0
+  fi
+  check_distinct "$CODE_DIR"
+  probe "$CODE_DIR" "$(conf_of "$TARGET")"
+  instance_rules "$TARGET"
+  write_restart_dropin "$TARGET" "${CFG[AUTO_RESTART]:-}"
+  systemctl daemon-reload
+  start_instance "$TARGET" || exit 1
+  bot_health "$TARGET" || exit 1
+}
+
+cmd_stop() {  # cmd_stop [SYMBOL]
+  local name others=()
+  require_installed
+  resolve "${1:-}"
+  if [ -n "$TARGET" ]; then
+    systemctl stop "$(unit_of "$TARGET")"
+    say "stopped $(unit_of "$TARGET"). It starts again at boot; to remove it: sudo ./auto_deploy.sh remove $TARGET" \
+      "(keeps its data)"
+    return 0
+  fi
   systemctl stop "$BOT_UNIT" "$WEB_UNIT"
   say "stopped. They start again at boot; to keep them off: sudo systemctl disable bollmin bollmin-dashboard"
+  for name in $(instances); do
+    if is_running "$(unit_of "$name")"; then
+      others+=("$name")
+    fi
+  done
+  if [ "${#others[@]}" -gt 0 ]; then
+    say "still running: ${others[*]} (sudo ./auto_deploy.sh stop SYMBOL stops one)"
+  fi
 }
 
 unit_line() {  # unit_line UNIT: one line of systemd facts
@@ -586,16 +1018,23 @@ ago() {  # ago SECONDS-or-empty
   if [ -n "$1" ]; then printf '%s s ago' "$1"; else printf 'never'; fi
 }
 
-cmd_status() {
-  local rc=0 restart
+cmd_status() {  # cmd_status [SYMBOL]
+  local rc=0 restart name unit conf url="" added=()
   require_installed
-  unit_line "$BOT_UNIT"
+  resolve "${1:-}"
+  name=$TARGET
+  unit=$(unit_of "$name")
+  conf=$(conf_of "$name")
+  if [ -n "$name" ] && probe_quiet "$CODE_DIR" "$CONF_FILE"; then
+    url=$(dashboard_url)  # the one dashboard reads the default instance's settings
+  fi
+  unit_line "$unit"
   unit_line "$WEB_UNIT"
-  systemctl is-active --quiet "$BOT_UNIT" || rc=3
-  restart=$(systemctl show -p Restart --value "$BOT_UNIT")
-  if probe "$CODE_DIR" status; then
-    printf 'mode %s, %s %s, state %s, connection %s, price %s\n' "${CFG[MODE]:-}" "${CFG[SYMBOL]:-}" \
-      "${CFG[INTERVAL]:-}" "${CFG[db_state]:-?}" "${CFG[db_connection]:-?}" "${CFG[db_price]:-?}"
+  systemctl is-active --quiet "$unit" || rc=3
+  restart=$(systemctl show -p Restart --value "$unit")
+  if probe "$CODE_DIR" "$conf" status; then
+    printf 'mode %s, %s %s, state %s, position %s, connection %s, price %s\n' "${CFG[MODE]:-}" "${CFG[SYMBOL]:-}" \
+      "${CFG[INTERVAL]:-}" "${CFG[db_state]:-?}" "${CFG[position]:-?}" "${CFG[db_connection]:-?}" "${CFG[db_price]:-?}"
     printf 'heartbeat %s, last market data %s%s\n' "$(ago "${CFG[heartbeat_age_s]:-}")" \
       "$(ago "${CFG[last_message_age_s]:-}")" "${CFG[db_error]:+ (DB: ${CFG[db_error]:-})}"
     if [ -z "${CFG[heartbeat_age_s]:-}" ] ||
@@ -606,33 +1045,91 @@ cmd_status() {
     printf 'secrets: API key %s, API secret %s, dashboard password %s (values never shown)\n' \
       "${CFG[API_KEY]:-}" "${CFG[API_SECRET]:-}" "${CFG[DASHBOARD_PASSWORD]:-}"
     printf 'notifications: %s\n' "${CFG[NOTIFY]:-off}"
-    printf 'dashboard %s\n' "$(dashboard_url)"
+    printf 'dashboard %s\n' "${url:-$(dashboard_url)}"
     printf 'data %s, log %s\n' "${CFG[DB]:-}" "${CFG[LOG_FILE]:-}"
   else
     rc=1
   fi
-  printf 'config %s, secrets %s (bot) and %s (dashboard)\n' "$CONF_FILE" "$ENV_FILE" "$WEB_ENV_FILE"
+  printf 'config %s, secrets %s (bot) and %s (dashboard)\n' "$conf" "$ENV_FILE" "$WEB_ENV_FILE"
+  if [ -z "$name" ]; then
+    mapfile -t added < <(instances)
+    if [ "${#added[@]}" -gt 0 ]; then
+      printf 'more instances (sudo ./auto_deploy.sh list; status SYMBOL):\n'
+      for name in "${added[@]}"; do
+        unit_line "$(unit_of "$name")"
+      done
+    fi
+  else
+    printf 'shared with every instance: the code %s, the secrets (one exchange account), the dashboard\n' "$CODE_DIR"
+  fi
   return "$rc"
 }
 
-cmd_logs() {
-  journalctl -u "$BOT_UNIT" -u "$WEB_UNIT" -n 100 --no-pager "$@"
+list_row() { printf '%-12s %-26s %-11s %-8s %-15s %-26s %s\n' "$@"; }
+
+cmd_list() {  # every instance, one line each, from its settings and its DB (read-only)
+  local name unit conf active mode added=() kept=()
+  require_installed
+  mapfile -t added < <(instances)
+  list_row SYMBOL SERVICE ACTIVE MODE STATE POSITION HEARTBEAT
+  for name in "" "${added[@]}"; do
+    unit=$(unit_of "$name")
+    conf=$(conf_of "$name")
+    active=$(systemctl show -p ActiveState --value "$unit")
+    if ! probe_quiet "$CODE_DIR" "$conf" status; then
+      list_row "${name:-?}" "$unit" "$active" - - - -
+      printf '  %s: %s\n' "$conf" "$PROBE_ERROR"
+      continue
+    fi
+    mode=${CFG[db_mode]:-${CFG[MODE]:-?}}  # what the bot runs (or last ran) as
+    list_row "${CFG[SYMBOL]:-?}" "$unit" "$active" "$mode" "${CFG[db_state]:--}" "${CFG[position]:--}" \
+      "$(ago "${CFG[heartbeat_age_s]:-}")"
+    if [ -n "${CFG[db_mode]:-}" ] && [ "${CFG[db_mode]}" != "${CFG[MODE]:-}" ]; then
+      printf '  %s says %s: from its next start (sudo ./auto_deploy.sh restart%s)\n' "$conf" "${CFG[MODE]:-}" \
+        "${name:+ $name}"
+    fi
+  done
+  mapfile -t kept < <(kept_instances)
+  if [ "${#kept[@]}" -gt 0 ]; then
+    printf 'removed, their settings and data kept: %s (add SYMBOL uses them again, remove SYMBOL --purge deletes them)\n' \
+      "${kept[*]}"
+  fi
+}
+
+cmd_logs() {  # cmd_logs [SYMBOL] [ARGS...]
+  local units=(-u "$BOT_UNIT" -u "$WEB_UNIT")
+  if [ $# -gt 0 ] && [[ $1 =~ $SYMBOL_RE ]]; then
+    resolve "$1"
+    shift
+    if [ -n "$TARGET" ]; then
+      units=(-u "$(unit_of "$TARGET")")
+    fi
+  fi
+  journalctl "${units[@]}" -n 100 --no-pager "$@"
 }
 
 cmd_uninstall() {
-  local purge=0
+  local purge=0 name added=() units=("$BOT_UNIT" "$WEB_UNIT")
   case ${1:-} in
     "") ;;
     --purge) purge=1 ;;
     *) die "unknown option '$1' (uninstall [--purge])" ;;
   esac
-  systemctl disable --now --quiet "$BOT_UNIT" "$WEB_UNIT" 2>/dev/null || true
-  rm -f "$UNIT_DIR/$BOT_UNIT" "$UNIT_DIR/$WEB_UNIT" "$RESTART_DROPIN"
+  mapfile -t added < <(instances)
+  for name in "${added[@]}"; do
+    units+=("$(unit_of "$name")")
+  done
+  systemctl disable --now --quiet "${units[@]}" 2>/dev/null || true
+  for name in "${added[@]}"; do
+    rm -f "$(dropin_of "$name")"
+    rmdir "$(dirname "$(dropin_of "$name")")" 2>/dev/null || true
+  done
+  rm -f "$UNIT_DIR/$BOT_UNIT" "$UNIT_DIR/$WEB_UNIT" "$UNIT_DIR/$TEMPLATE_UNIT" "$RESTART_DROPIN"
   rmdir "$(dirname "$RESTART_DROPIN")" 2>/dev/null || true
   systemctl daemon-reload
-  systemctl reset-failed "$BOT_UNIT" "$WEB_UNIT" 2>/dev/null || true
+  systemctl reset-failed "${units[@]}" 2>/dev/null || true
   rm -rf "$CODE_DIR"
-  say "removed the services and $CODE_DIR"
+  say "removed the services${added[*]:+ (instances included: ${added[*]})} and $CODE_DIR"
   if [ "$purge" = 1 ]; then
     rm -rf "$CONF_DIR" "$DATA_DIR" "$LOG_DIR"
     if id -u "$APP_USER" >/dev/null 2>&1; then
@@ -644,30 +1141,61 @@ cmd_uninstall() {
     say "purged $CONF_DIR, $DATA_DIR, $LOG_DIR and the user $APP_USER"
   else
     say "kept: settings and secrets in $CONF_DIR, data in $DATA_DIR, logs in $LOG_DIR, the user $APP_USER"
-    say "a later 'sudo ./auto_deploy.sh' picks them up again; to remove them too: uninstall --purge"
+    say "a later 'sudo ./auto_deploy.sh' picks them up again${added[*]:+ (then add ${added[*]} again)};" \
+      "to remove them too: uninstall --purge"
   fi
 }
 
 main() {
-  local cmd=${1:-install}
+  local cmd=${1:-install} symbol="" purge=0 force=0 arg
   if [ $# -gt 0 ]; then
     shift
   fi
   case $cmd in
     -h | --help | help) usage; exit 0 ;;
-    install | status | logs | restart | stop | uninstall) ;;
+    install | status | list | logs | restart | stop | add | remove | uninstall) ;;
     *) usage >&2; printf '\nbollmin: unknown command %s\n' "$cmd" >&2; exit 2 ;;
   esac
-  if [ "$cmd" != logs ] && [ "$cmd" != uninstall ] && [ $# -gt 0 ]; then
-    die "'$cmd' takes no arguments"
-  fi
+  case $cmd in
+    install | list)
+      [ $# -eq 0 ] || die "'$cmd' takes no arguments" ;;
+    status | restart | stop)
+      [ $# -le 1 ] || die "'$cmd' takes at most a symbol (e.g. $cmd ETHUSDT)"
+      if [ $# -eq 1 ]; then
+        check_symbol_name "$1"
+        symbol=$1
+      fi
+      ;;
+    add)
+      [ $# -eq 1 ] || die "usage: add SYMBOL (e.g. add ETHUSDT)"
+      check_symbol_name "$1"
+      symbol=$1
+      ;;
+    remove)
+      for arg in "$@"; do
+        case $arg in
+          --purge) purge=1 ;;
+          --force) force=1 ;;
+          *)
+            [ -z "$symbol" ] || die "usage: remove SYMBOL [--purge] [--force]"
+            check_symbol_name "$arg"
+            symbol=$arg
+            ;;
+        esac
+      done
+      [ -n "$symbol" ] || die "usage: remove SYMBOL [--purge] [--force]"
+      ;;
+  esac
   need_root "$cmd"
   case $cmd in
     install) cmd_install ;;
-    status) cmd_status ;;
+    status) cmd_status "$symbol" ;;
+    list) cmd_list ;;
     logs) cmd_logs "$@" ;;
-    restart) cmd_restart ;;
-    stop) cmd_stop ;;
+    restart) cmd_restart "$symbol" ;;
+    stop) cmd_stop "$symbol" ;;
+    add) cmd_add "$symbol" ;;
+    remove) cmd_remove "$symbol" "$purge" "$force" ;;
     uninstall) cmd_uninstall "$@" ;;
   esac
 }

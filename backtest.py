@@ -26,10 +26,13 @@ from typing import Any, TextIO
 
 import numpy as np
 
+import progress as progress_mod
+import store as store_mod
 from broker import Fill, Ledger, PaperBroker, paper_broker_from_config, record_transition
 from config import Config
 from engine import Engine, Transition, engine_from_config
 from history import HistoryError
+from indicators import LiveBoll
 from metrics import Marks, checkpoint, settings_fields, summarize
 from state import Action, Reason, State
 from tape import NO_FUNDING, FundingEvents, Series, load_tape, read_funding
@@ -167,8 +170,6 @@ def write_db(store, result: Result, series: Series, cfg: Config, source: str) ->
         })
         closes = [c.close for c in candles[-cfg.BOLL_PERIOD:]]
         if len(closes) == cfg.BOLL_PERIOD:
-            from indicators import LiveBoll
-
             bands = LiveBoll(cfg.BOLL_PERIOD, cfg.BOLL_K, cfg.BOLL_DDOF, closes[:-1]).bands(closes[-1])
         if bands is not None:
             store.set_status({"band_up": bands.up, "band_mid": bands.mid, "band_dn": bands.dn})
@@ -217,8 +218,6 @@ def main_backtest(cfg: Config, path: str, as_json: bool, db_path: str | None, ou
 
     ``funding_path`` (``--funding``) overrides FUNDING_FILE.
     """
-    import progress as progress_mod
-
     series = load_tape(path).at(cfg.INTERVAL)
     funding_path = cfg.FUNDING_FILE if funding_path is None else funding_path
     if funding_path:
@@ -226,8 +225,6 @@ def main_backtest(cfg: Config, path: str, as_json: bool, db_path: str | None, ou
     funding = read_funding(funding_path).on(series.tape) if funding_path else NO_FUNDING
     store = None
     if db_path is not None:
-        import store as store_mod
-
         store = store_mod.Store(db_path)
         role = store.conn.execute("SELECT value FROM status WHERE key = 'db_role'").fetchone()
         if role is not None and role[0] not in ("backtest", "sweep"):

@@ -22,13 +22,21 @@ Every error is one line on stderr, ``bollmin: <what> — <what to do>``, never a
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import math
 import os
 import sys
 from collections.abc import Sequence
 
+import store
+from config import ENV_SECRETS, SECRET_NAMES, SETTINGS, ConfigError, env, load_config, mask_secrets, masked
+from history import HistoryError
+from store import StoreError
 from supervisor import EXIT_CRASH, EXIT_OK, EXIT_USAGE
+
+# Each command imports its own module when it runs (backtest, sweep, download, runner, dashboard,
+# demo, exchange): `trades` and `check-config` start without numpy, python-binance or Flask.
 
 MAX_LIMIT = 10**9  # trades --limit
 MAX_SPEED = 100_000.0  # demo --speed
@@ -46,8 +54,6 @@ _SECRETS: list[str] = []  # secrets of the loaded config, masked in every error 
 
 def one_line(message: str) -> str:
     """``message`` as one printable line: line breaks and control characters escaped, secrets masked."""
-    from config import ENV_SECRETS, env, mask_secrets
-
     text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
     return mask_secrets(text, _SECRETS + [env(v) for v in ENV_SECRETS.values()])
 
@@ -154,16 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(path: str | None):
-    from config import SECRET_NAMES, load_config
-
     cfg = load_config(path)
     _SECRETS[:] = [getattr(cfg, name) for name in SECRET_NAMES]
     return cfg
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from config import SETTINGS, masked
-
     cfg = _load(args.config)
     values = masked(cfg)
     if args.exchange:
@@ -185,7 +187,6 @@ def _check_symbol_listed(cfg) -> str | None:
     one-line failure (ConfigError) when it does not list it."""
     import asyncio
 
-    from config import ConfigError
     from exchange import AccountSetupError, Exchange, classify
 
     async def ask() -> str | None:
@@ -233,8 +234,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_trades(args: argparse.Namespace) -> int:
-    import store
-
     cfg = _load(args.config)
     path = args.db or cfg.DB_PATH
     rows = store.read_trades_file(path, limit=args.limit, include_unfilled=args.all)
@@ -248,8 +247,6 @@ def cmd_trades(args: argparse.Namespace) -> int:
         return EXIT_OK
     out.write(f"{'time (UTC)':<20} {'action':<11} {'reason':<11} {'price':>12} {'qty':>9} {'fee':>8} "
               f"{'pnl':>9} {'mode':<5} {'status':<8} client_order_id\n")
-    import datetime as dt
-
     def num(value, fmt: str) -> str:  # a row edited by hand may hold anything: show it, never crash
         try:
             return format(value, fmt)
@@ -310,10 +307,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         args = build_parser().parse_args(["run", *(argv if argv is not None else sys.argv[1:])])
     try:
-        from config import ConfigError
-        from history import HistoryError
-        from store import StoreError
-
         try:
             return COMMANDS[command](args)
         except (ConfigError, HistoryError, StoreError) as err:
@@ -335,8 +328,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"{command}: {what}")
     except Exception as exc:
         # Last resort: a bug. One line (the traceback only on request), exit 1.
-        from config import env
-
         if env("BOLLMIN_DEBUG"):
             raise
         text = _text(exc)

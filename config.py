@@ -16,6 +16,10 @@ Every problem stops the program with a one-line ``ConfigError`` naming the setti
 turns it into exit code 2. A settings file is UTF-8 text of at most 1 MiB (``MAX_CONFIG_BYTES``);
 text settings are single lines of at most 4096 characters; an error never shows the value of a
 secret (API_KEY, API_SECRET, DASHBOARD_PASSWORD), not even a mistyped one.
+
+Why this size: it is the settings registry. Every setting is one entry of ``SETTINGS``
+(default, check, description), which ``check-config``, the README's table and ``auto_deploy.sh``
+read; the loading, validation and secret masking around it are short.
 """
 
 from __future__ import annotations

@@ -56,6 +56,10 @@ Why one file of this size: a newcomer finds every route with its authentication,
 serving in one place (the Flask tutorial's shape); what is not the web app lives elsewhere
 (figures, alerts and formats in ``dashboard_data.py``, queries in ``store.py``, bands in
 ``indicators.py``, texts in ``templates/i18n.json``).
+
+Why one file of this size: it is the whole web app by design (routes, sign-in, sessions,
+CSRF, the response cache, the waitress server). What it shows is computed in ``dashboard_data.py``,
+read by ``store.py`` helpers, worded in ``templates/i18n.json``.
 """
 
 from __future__ import annotations

@@ -16,6 +16,10 @@ plain function:
 
 Why one module of this size: these are the page's figures, each a short pure function over what
 ``store`` read; a change to what a card or banner shows is made here and nowhere else.
+
+Why this size: every figure the dashboard shows is computed here as plain functions of DB rows
+(status, alerts, charts, PnL, the strategy lab, the instances), one section each, tested
+without Flask.
 """
 
 from __future__ import annotations

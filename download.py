@@ -23,6 +23,9 @@
 The file is in the backtest format: ``open_time_ms,open,high,low,close,volume,close_time_ms``
 with the exchange's own number strings. Funding goes to FILE with ``.funding`` before ``.csv``:
 ``funding_time_ms,funding_rate,mark_price``.
+
+Why this size: one command — paging klines and funding rates under the request-weight
+limit, resuming an interrupted download, checking every page, writing the files atomically.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+import progress as progress_mod
 from config import Config, ConfigError
 from history import INTERVAL_MS, HistoryError
 
@@ -479,8 +483,6 @@ def _day(ms: int | None) -> str:
 def main_download(cfg: Config, symbol: str, interval: str, start: str, end: str | None, out: str, funding: bool,
                   stdout: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """The download subcommand: ConfigError/HistoryError for bad input (exit 2), 1 when the exchange fails."""
-    import progress as progress_mod
-
     cfg.replace(SYMBOL=symbol)  # the same check as the setting (upper-case contract name)
     if interval not in INTERVAL_MS:
         raise ConfigError(f"--interval {interval!r}: use one of {', '.join(INTERVAL_MS)}")

@@ -22,7 +22,6 @@ rate-limited log line.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import random
@@ -31,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import orjson
 import websockets
 
 log = logging.getLogger("bollmin.feed")
@@ -99,7 +99,7 @@ Event = Trade | KlineClose | Connection
 class Feed:
     """The market connection. ``run()`` until ``stop()``; ``on_event`` receives clean data only."""
 
-    def __init__(self, url: str, symbol: str, interval: str, *, on_event: Callable[[Event], None],
+    def __init__(self, url: str, symbol: str, interval: str, *, on_event: Callable[[Event], bool | None],
                  stall_s: float = 30.0, max_age_s: float = 23 * 3600.0, max_jump_pct: float = 20.0,
                  reference_price: float | None = None) -> None:
         self.url, self.symbol, self.interval = url, symbol.upper(), interval
@@ -189,7 +189,8 @@ class Feed:
                 self._last_mono = time.monotonic()
                 self.last_message_wall = time.time()
                 self.messages += 1
-                self.handle(raw)
+                if self.handle(raw):
+                    await asyncio.sleep(0)  # let the order executor take its job before the next message
             return delivered
         finally:
             dog.cancel()
@@ -214,30 +215,35 @@ class Feed:
             return
 
     # ---- parsing (synchronous, O(1) per message) ---------------------------------------------
-    def handle(self, raw: str | bytes) -> None:
-        """Parse one message and pass clean data on; drop anything else with a log line."""
+    def handle(self, raw: str | bytes) -> bool | None:
+        """Parse one message and pass clean data on; drop anything else with a log line. Returns
+        what ``on_event`` returned (True: yield before the next message).
+
+        orjson parses the stream (measured in BENCHMARKS.md: ~10-35 % less CPU per message and a
+        shorter tick-to-order p99 than ``json``); it rejects what ``json`` would have let through
+        only where the message was bad anyway (NaN literals, integers beyond 64 bits)."""
         try:
-            msg = json.loads(raw)
+            msg = orjson.loads(raw)
             data = msg.get("data", msg) if isinstance(msg, dict) else None
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
             event = data.get("e")
             if event == "aggTrade":
-                self._trade(data)
-            elif event == "kline":
-                self._kline(data)
-            elif "result" in data and "id" in data:
-                pass  # a reply to a subscribe request
-            else:
-                self._drop("unknown", f"unknown market message type {str(event)[:40]!r}")
+                return self._trade(data)
+            if event == "kline":
+                return self._kline(data)
+            if "result" in data and "id" in data:
+                return None  # a reply to a subscribe request
+            self._drop("unknown", f"unknown market message type {str(event)[:40]!r}")
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             self._drop("malformed", f"malformed market message dropped ({type(exc).__name__}: {str(exc)[:80]})")
+        return None
 
     def _drop(self, category: str, message: str) -> None:
         self.dropped += 1
         self._drops.warning(category, message)
 
-    def _trade(self, d: dict) -> None:
+    def _trade(self, d: dict) -> bool | None:
         if d.get("s") != self.symbol:
             return self._drop("symbol", f"trade for another symbol {str(d.get('s'))[:20]!r} dropped")
         trade_id = int(d["a"])
@@ -259,9 +265,9 @@ class Feed:
             log.warning("5 trades in a row at %s, far from %s: accepting the new price level", price, last)
         self._jumps = 0
         self.last_trade_id, self.last_trade_ms, self.last_price = trade_id, t, price
-        self.on_event(Trade(t, price))
+        return self.on_event(Trade(t, price))
 
-    def _kline(self, d: dict) -> None:
+    def _kline(self, d: dict) -> bool | None:
         k = d["k"]
         if k.get("s", d.get("s")) != self.symbol or k.get("i") != self.interval:
             return self._drop("kline", "kline of another symbol or interval dropped")
@@ -275,4 +281,4 @@ class Feed:
         if c.open_time_ms <= self.last_kline_close_ms:
             return self._drop("kline_dup", f"duplicate closed kline {c.open_time_ms} dropped")
         self.last_kline_close_ms = c.open_time_ms
-        self.on_event(c)
+        return self.on_event(c)

@@ -14,6 +14,7 @@ Either may be gzip-compressed (name ends in ``.gz``) or a Binance archive ``.zip
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
@@ -222,17 +223,8 @@ def _cell(text: str) -> str:
 def read_kline_bytes(path: str) -> bytes:
     """The whole text of a kline file as bytes (decompressed), within the same limits as
     ``read_candles``: a regular file, at most MAX_KLINE_BYTES of text. Raises HistoryError."""
-    fh, stream = _open_binary(path)
-    try:
+    with _reading(path) as stream:
         data = stream.read(MAX_KLINE_BYTES + 1)
-    except (gzip.BadGzipFile, zipfile.BadZipFile, EOFError, zlib.error) as exc:
-        raise HistoryError(f"{path}: not a readable gzip or zip file ({type(exc).__name__}: {exc})") from None
-    except OSError as exc:
-        raise HistoryError(f"{path}: read error ({exc.strerror or exc})") from None
-    finally:
-        if stream is not fh:
-            stream.close()
-        fh.close()
     if len(data) > MAX_KLINE_BYTES:
         raise HistoryError(f"{path}: more than {MAX_KLINE_BYTES:,} bytes of text (after decompression): split the file")
     return data
@@ -240,10 +232,8 @@ def read_kline_bytes(path: str) -> bytes:
 
 def _rows(path: str) -> Iterator[tuple[int, list[str]]]:
     """(line number, cells) of every non-blank row."""
-    fh, stream = _open_binary(path)
-    try:
-        lines = _text_lines(stream, path)
-        reader = csv.reader(lines)
+    with _reading(path) as stream:
+        reader = csv.reader(_text_lines(stream, path))
         blank = 0
         for row in reader:
             if row and any(cell.strip() for cell in row):
@@ -252,6 +242,15 @@ def _rows(path: str) -> Iterator[tuple[int, list[str]]]:
                 blank += 1
                 if blank > MAX_BLANK_ROWS:
                     raise HistoryError(f"{path}: more than {MAX_BLANK_ROWS:,} empty rows: not a kline CSV file")
+
+
+@contextlib.contextmanager
+def _reading(path: str) -> Iterator[BinaryIO]:
+    """The decompressed bytes of a kline file; what goes wrong while reading them becomes one
+    HistoryError line naming the file. Closes everything it opened."""
+    fh, stream = _open_binary(path)
+    try:
+        yield stream
     except (gzip.BadGzipFile, zipfile.BadZipFile, EOFError, zlib.error) as exc:
         raise HistoryError(f"{path}: not a readable gzip or zip file ({type(exc).__name__}: {exc})") from None
     except csv.Error as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -341,8 +342,6 @@ def render(meta: dict[str, Any], ordered: list[dict[str, Any]], top: int) -> str
 
 def write_report(path: str, meta: dict[str, Any], ordered: list[dict[str, Any]], top: int) -> None:
     """Write the report atomically (a reader never sees half a file)."""
-    import os
-
     text = render(meta, ordered, top)
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as fh:

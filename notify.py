@@ -33,16 +33,22 @@ Try the targets by hand: ``python notify.py --config PATH [TEXT]`` sends one mes
 
 Why one module of this size: the message texts, the delivery and the taming of Apprise's
 logging are one concern (what leaves the machine, and how); none is used elsewhere.
+
+Why this size: one concern, telling the trader — the message texts of every event (Chinese
+and English), which events go out (filters, throttling), the sending thread with its bounded
+queue, and the command-line tester.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import logging
 import queue
 import re
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -515,9 +521,6 @@ def main(argv: list[str] | None = None) -> int:
     """``python notify.py [--config PATH] [TEXT]``: send one test message to every NOTIFY_URLS
     target now (one attempt each) and print how each went, the URL masked. Exit 0 when every
     target accepted it, 1 when one did not, 2 for a bad configuration."""
-    import argparse
-    import sys
-
     parser = argparse.ArgumentParser(prog="notify.py", description=main.__doc__.split("\n\n")[0])
     parser.add_argument("--config", metavar="PATH", help="settings file (default: $BOLLMIN_CONFIG or the defaults)")
     parser.add_argument("text", nargs="?", default="测试通知 / test notification", help="the message to send")

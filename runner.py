@@ -19,6 +19,11 @@ writer (orders on its priority lane) and its orders are filled (paper) or queued
 executor (live); the strategy never waits for the exchange.
 
 SIGTERM/SIGINT: stop reading, finish the order in flight, flush, exit 0 within 10 s.
+
+Why this size: ``Bot`` is the strategy's side of trading that the other modules call back
+into (market events, transitions, commands, a close now, the catch-up after a connect); the
+wiring around it is short. Logging, supervision, startup, heartbeat and commands live in their
+own modules.
 """
 
 from __future__ import annotations
@@ -112,6 +117,7 @@ class Bot:
                          on_event=self.dispatch, stall_s=cfg.WS_STALL_SECONDS, max_age_s=cfg.WS_MAX_AGE_HOURS * 3600,
                          max_jump_pct=cfg.MAX_PRICE_JUMP_PCT, reference_price=closes[-1].close if closes else None)
         self._held: deque[Any] | None = None  # market events waiting for a catch-up after a connect
+        self._orders_queued = False  # dispatch() tells the feed when an event queued live orders
         self._catch_up_again = False
         self._background: set[asyncio.Task] = set()
         self.proc = psutil.Process()
@@ -203,8 +209,9 @@ class Bot:
             self.notifier.paused(f"IP banned by the exchange for {seconds:.0f} s (HTTP 418)")
 
     # ---- market events ---------------------------------------------------------------------------
-    def dispatch(self, event: Trade | KlineClose | Connection) -> None:
-        """The one way market data reaches the bot (from the feed)."""
+    def dispatch(self, event: Trade | KlineClose | Connection) -> bool:
+        """The one way market data reaches the bot (from the feed). True when the event queued
+        live orders: the feed yields to the event loop so the executor takes them at once."""
         if type(event) is Trade:
             if self._held is None:
                 self._tick(event.time_ms, event.price)
@@ -217,6 +224,8 @@ class Bot:
                 self._hold(event)
         else:
             self._connection_changed(event)
+        queued, self._orders_queued = self._orders_queued, False
+        return queued
 
     def _tick(self, time_ms: int, price: float) -> None:
         if timing.ON:
@@ -317,6 +326,7 @@ class Bot:
                              ledger=None, transition_id=tid)
             if legs:
                 self.executor.submit(Job(tid, tr.time_ms, tr.price, legs, time.monotonic()))
+                self._orders_queued = True
                 if timing.ON:
                     timing.mark("queued", tid)
         b = tr.bands  # logged after the orders are on their way: the log line must not delay them

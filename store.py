@@ -7,12 +7,18 @@ read-only and may only add rows to ``commands``. Every table is meant to be read
 
 Schema versions are ``PRAGMA user_version``; each migration runs inside one explicit
 transaction (not ``executescript``, which commits on its own).
+
+Why one file of this size: it is the only module that speaks SQL (the schema and its
+migrations, connections, ``Store``, the writer thread and every read the bot, the CLI, the
+dashboard and the strategy lab make), so a change to a table is made and reviewed in one place.
+Its sections are marked ``# ---- …``.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import json
 import logging
 import os
 import secrets
@@ -1035,8 +1041,6 @@ def check_sweep_db(path: str) -> None:
 
 def write_sweep(path: str, meta: dict[str, Any], ranked: list[dict[str, Any]], top: int) -> int:
     """Store one sweep (run, every set, the equity curves of the ``top`` best); returns the run id."""
-    import json
-
     check_sweep_db(path)
     store = Store(path)
     conn = store.conn
@@ -1104,8 +1108,6 @@ def read_sweep_results(conn: sqlite3.Connection, run_id: int, limit: int | None 
 
 def read_sweep_record(conn: sqlite3.Connection, result_id: int) -> dict[str, Any] | None:
     """One set's whole ``sweep --json`` line (every figure, in- and out-of-sample included)."""
-    import json
-
     row = conn.execute("SELECT summary_json FROM sweep_results WHERE id = ?", (result_id,)).fetchone()
     return None if row is None else json.loads(row[0])
 

@@ -12,10 +12,15 @@ untouched rest (out-of-sample: a fresh start, FLAT, with the bands warmed up on 
 ``period - 1`` candles before the cut: exactly what ``backtest`` prints for a file starting
 ``period - 1`` candles before the cut). A trader's question is whether the best in-sample set
 still makes money out of sample; the report says so in plain words.
+
+Why this size: one command with four parts, in this order — the grid of parameter sets,
+running them on every core, ranking with the walk-forward verdicts, the text report. The
+per-set evaluation is ``evaluator.py``; the HTML report ``lab_report.py``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing
 import os
@@ -29,10 +34,12 @@ from typing import Any, TextIO
 
 import numpy as np
 
+import progress as progress_mod
 from config import Config, ConfigError
 from evaluator import BandCache, evaluate
 from history import INTERVAL_MS, HistoryError, interval_ms
 from metrics import day_ends
+from store import check_sweep_db, write_sweep
 from tape import NO_FUNDING, FundingEvents, FundingRates, Series, Tape, load_tape, read_funding
 
 MAX_SETS = 100_000
@@ -481,8 +488,6 @@ def main_sweep(cfg: Config, path: str, given: dict[str, str | None], *, jobs: in
                db_path: str | None, report_path: str | None, train_fraction: float | None, rank_by: str,
                funding_path: str | None, top: int, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """The sweep subcommand. Bad input raises ConfigError/HistoryError before any work or output."""
-    import progress as progress_mod
-
     started = time.monotonic()
     if rank_by not in RANK_FIELDS:
         raise ConfigError(f"--rank-by {rank_by}: use one of {', '.join(RANK_FIELDS)}")
@@ -504,8 +509,6 @@ def main_sweep(cfg: Config, path: str, given: dict[str, str | None], *, jobs: in
         for interval in grid.axes["interval"]:
             split_candle(tape.at(interval), split_ms, max(grid.axes["period"]), interval)
     if db_path is not None:
-        from store import check_sweep_db
-
         check_sweep_db(db_path)
     if report_path is not None:
         _check_writable(report_path)
@@ -539,18 +542,14 @@ def main_sweep(cfg: Config, path: str, given: dict[str, str | None], *, jobs: in
     for r in ordered:
         r["record"] = json_record(r)
     if db_path is not None:
-        from store import write_sweep
-
         run_id = write_sweep(db_path, meta, ordered, top)
         err.write(f"已写入 (recorded in) {db_path}, sweep run {run_id}\n")
     if report_path is not None:
-        from lab_report import write_report
+        from lab_report import write_report  # lab_report imports this module
 
         write_report(report_path, meta, ordered, top)
         err.write(f"报告 (report): {report_path}\n")
     if as_json:
-        import json
-
         out.write("".join(json.dumps(r["record"]) + "\n" for r in ordered))
     else:
         text_report(ordered, lines, walk_forward, out, top=min(top * 2, 50))

@@ -20,12 +20,12 @@ account's activity, so it never appears in a log line.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import websockets
 
 from exchange import Exchange, classify
@@ -156,7 +156,7 @@ class UserStream:
     def handle(self, raw: str | bytes) -> str | None:
         """Parse one message and pass our symbol's events on; "expired" for listenKeyExpired."""
         try:
-            msg = json.loads(raw)
+            msg = orjson.loads(raw)
             data = msg.get("data", msg) if isinstance(msg, dict) and "stream" in msg else msg
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")

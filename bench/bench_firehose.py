@@ -19,7 +19,8 @@ so candles roll on exchange timestamps and the strategy trades.
 * RSS after 10⁵ and 10⁶ ticks (and ``--plateau-ticks``: does growth level off?): the sender stops
   at each mark, waits until the bot has read everything and its DB writer is idle, then reads it.
 * The same saturation rate, in ``--rounds`` interleaved rounds, for the product at ``--baseline``
-  and the current tree with uvloop and/or orjson (``bench/botwrap.py``), on a shorter stream.
+  and the current tree on uvloop and with stdlib json instead of orjson (``bench/botwrap.py``), on a
+  shorter stream.
 * When RSS grows past the target while the DB writer's queue piles up: once more with a shorter
   GIL switch interval in the bot (``bench/botwrap.py``), to see whether the writer waits for the GIL.
 
@@ -42,7 +43,7 @@ import botbench as bb
 import common
 import firehose_stream as fs
 
-VARIANTS = ("baseline", "current", "uvloop", "orjson", "uvloop+orjson")
+VARIANTS = ("baseline", "current", "uvloop", "stdjson")
 SWITCH_INTERVAL_S = 0.0005
 TARGET_RATE = 20_000        # msg/s
 TARGET_RSS_MB = 150.0       # after 10⁶ ticks
@@ -50,7 +51,7 @@ TARGET_GROWTH_MB = 2.0      # from 10⁵ to 10⁶ ticks
 CHANGE = 0.10               # a variant "changes" a figure when it moves it by 10 % or more in every round
 MB = 2 ** 20
 LABELS = {"baseline": "before: {short}", "current": "**after: current tree**", "uvloop": "current + uvloop",
-          "orjson": "current + orjson (feed parser)", "uvloop+orjson": "current + uvloop + orjson"}
+          "stdjson": "current with stdlib json instead of orjson"}
 
 
 async def firehose_run(workdir: str, msgs: list[bytes], after_tick: list[int], history: list[Any],
@@ -218,10 +219,13 @@ def verdicts(res: dict[str, Any], means: dict[str, dict[str, float]]) -> list[st
         out.append(f"- Before → after: {b['rate']:,.0f} → {cur['rate']:,.0f} msg/s, {b['main_us']:.1f} → "
                    f"{cur['main_us']:.1f} µs of main-thread CPU per message (means of all rounds); per round, after "
                    f"against before: {ba[0]} → **{ba[1]}**.")
-    for v in ("uvloop", "orjson", "uvloop+orjson"):
-        judged = paired(res, v, "current")
-        if judged:
-            out.append(f"- {LABELS[v]}: {judged[0]} → **{judged[1]}** at saturation.")
+    judged = paired(res, "uvloop", "current")
+    if judged:
+        out.append(f"- {LABELS['uvloop']}: {judged[0]} → **{judged[1]}** at saturation.")
+    judged = paired(res, "current", "stdjson")  # orjson is in the product: does it still beat json?
+    if judged:
+        out.append(f"- orjson (the current bot) against the same bot with stdlib json: {judged[0]} → **{judged[1]}** "
+                   f"at saturation.")
     return out
 
 
@@ -271,8 +275,9 @@ def render(res: dict[str, Any]) -> str:
     if means:
         out += ["", f"**Saturation rate by bot**: the same stream (first {res['variants'][0]['marks'][-1]:,} ticks), "
                     f"a fresh bot each, in {res['rounds']} interleaved rounds. Before: `{res['baseline']['short']}` "
-                    f"({res['baseline']['subject']}); uvloop and orjson through `bench/botwrap.py` (uvloop's event "
-                    f"loop policy; `orjson.loads` as the feed's parser). A figure counts as changed at "
+                    f"({res['baseline']['subject']}); uvloop and stdlib json through `bench/botwrap.py` (uvloop's "
+                    f"event loop policy; `json.loads` instead of `orjson.loads` in the feed and user-data "
+                    f"stream). A figure counts as changed at "
                     f"±{CHANGE * 100:.0f} % or more the same way in every round (against the current bot of the same "
                     f"round; rounds in which either run had other processes at {bb.NOISY_PCT:g} % of a core or more "
                     f"are left out).", "", *rows, "", *verdicts(res, means)]

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Tick-to-order latency of the live bot: before/after, uvloop and orjson, the dashboard hammered.
+"""Tick-to-order latency of the live bot: before/after, uvloop, orjson against json, the dashboard hammered.
 
     python bench/bench_latency.py              print the markdown section on stdout (progress on stderr)
     python bench/bench_latency.py --write      also put it in BENCHMARKS.md (<!-- latency:begin/end -->)
@@ -17,7 +17,7 @@ headline figure; the open leg of a reversal (sent once the close has filled) is 
 Bots measured, in ``--rounds`` interleaved rounds (order reversed every other round) so that the
 machine's noise hits all of them: the product at ``--baseline`` (default 106a7ce, before the order
 executor; ``git archive`` into a temp dir, removed afterwards), the current tree, and the current
-tree through ``bench/botwrap.py`` with uvloop, orjson (the feed's parser) and both, and (a diagnostic)
+tree through ``bench/botwrap.py`` on uvloop, and with stdlib json instead of orjson, and (a diagnostic)
 with a 0.5 ms GIL switch interval instead of CPython's 5 ms: does the tail wait for the GIL? Then the current
 bot with the dashboard hammered by ``bench/dashboard_load.py``, and a control run with the same
 clients on ``/healthz`` (no SQLite). Where the time goes comes from the product's own timing probes
@@ -41,7 +41,7 @@ import botbench as bb
 import common
 import latency_report
 
-VARIANTS = ("baseline", "current", "uvloop", "orjson", "uvloop+orjson", "switch")
+VARIANTS = ("baseline", "current", "uvloop", "stdjson", "switch")
 CONTROL_PATHS = ("/healthz",)  # Flask and JSON, no SQLite
 
 

@@ -2,7 +2,7 @@
 
 * ``BotProcess``: ``python bollmin.py run --config F`` as a child process with its own config,
   DB and log in a work dir — the current tree, or another revision of the product
-  (``product_at``), optionally through ``bench/botwrap.py`` (uvloop, orjson) and with the
+  (``product_at``), optionally through ``bench/botwrap.py`` (uvloop, stdlib json) and with the
   product's timing probes on (``BOLLMIN_TIMING``).
 * ``TimedSim``: the simulated exchange, stamping ``time.perf_counter_ns()`` (CLOCK_MONOTONIC,
   comparable with the bot's own stamps) when an aggTrade frame has been handed to the socket
@@ -60,8 +60,7 @@ LIVE_KEYS = {"API_KEY": DEMO_API_KEY, "API_SECRET": DEMO_API_SECRET}
 VARIANT_ENV: dict[str, dict[str, str]] = {
     "current": {},
     "uvloop": {"BENCH_UVLOOP": "1"},
-    "orjson": {"BENCH_ORJSON": "1"},
-    "uvloop+orjson": {"BENCH_UVLOOP": "1", "BENCH_ORJSON": "1"},
+    "stdjson": {"BENCH_STDJSON": "1"},  # what orjson buys: the same bot parsing with json
     "switch": {"BENCH_SWITCH_INTERVAL_S": "0.0005"},  # a diagnostic: does the tail wait for the GIL?
 }
 

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Run ``bollmin.py`` with a library swapped in, to measure whether it pays off (bench only).
 
-    BENCH_UVLOOP=1 BENCH_ORJSON=1 python bench/botwrap.py /path/to/bollmin.py run --config F
+    BENCH_UVLOOP=1 python bench/botwrap.py /path/to/bollmin.py run --config F
 
 ``BENCH_UVLOOP=1``: uvloop's event loop policy is installed before the bot starts, so its
-``asyncio.run`` runs on uvloop. ``BENCH_ORJSON=1``: the market feed parses each stream message
-with ``orjson.loads`` instead of ``json.loads`` (only the feed; everything else is unchanged).
+``asyncio.run`` runs on uvloop. ``BENCH_STDJSON=1``: the market feed and the user-data stream
+parse each message with the standard library's ``json.loads`` instead of ``orjson.loads`` (what
+the product used before orjson; everything else is unchanged), so the benchmarks can show what
+orjson still buys.
 ``BENCH_SWITCH_INTERVAL_S=S``: ``sys.setswitchinterval(S)`` (how long a thread may wait for the
 GIL; CPython's default is 0.005 s). The product's files are not edited; its tree is the
 directory of the ``bollmin.py`` given.
@@ -32,17 +34,17 @@ def main(argv: list[str]) -> int:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    if os.environ.get("BENCH_ORJSON") == "1":
-        import orjson
-
+    if os.environ.get("BENCH_STDJSON") == "1":
         import feed
+        import userstream
 
-        # The feed calls json.loads on every message and catches ValueError (orjson's error is one).
-        feed.json = types.SimpleNamespace(loads=orjson.loads, dumps=json.dumps, JSONDecodeError=orjson.JSONDecodeError)
+        # Both call orjson.loads on every message and catch ValueError (json's error is one too).
+        stdlib = types.SimpleNamespace(loads=json.loads, JSONDecodeError=json.JSONDecodeError)
+        feed.orjson = userstream.orjson = stdlib
     if os.environ.get("BENCH_SWITCH_INTERVAL_S"):
         sys.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL_S"]))
     swapped = [name for name, on in (("uvloop event loop", os.environ.get("BENCH_UVLOOP") == "1"),
-                                     ("orjson.loads in the feed", os.environ.get("BENCH_ORJSON") == "1"),
+                                     ("stdlib json in the streams", os.environ.get("BENCH_STDJSON") == "1"),
                                      (f"switch interval {sys.getswitchinterval()} s",
                                       bool(os.environ.get("BENCH_SWITCH_INTERVAL_S")))) if on]
     sys.stderr.write(f"botwrap: {', '.join(swapped) or 'nothing swapped'}\n")

@@ -27,7 +27,7 @@ STEP_LABELS = {
     "total": "total (orders with every probe)",
 }
 LABELS = {"baseline": "before: {short}", "current": "**after: current tree**", "uvloop": "current + uvloop",
-          "orjson": "current + orjson (feed parser)", "uvloop+orjson": "current + uvloop + orjson",
+          "stdjson": "current with stdlib json instead of orjson",
           "switch": "current, GIL switch interval 0.5 ms (diagnostic)"}
 
 
@@ -125,16 +125,19 @@ def render(res: dict[str, Any]) -> str:
     if cur and old:
         words, call = verdict(res, "current", "baseline", outcomes=BEFORE_AFTER)
         out += ["", before_after(old, cur) + f" Per round, after against before: {words} → **{call}**."]
-    libs = [v for v in ("uvloop", "orjson", "uvloop+orjson") if p[v]]
+    libs = [v for v in ("uvloop", "stdjson") if p[v]]
     if cur and libs:
-        out += ["", f"**Libraries**, each against the current bot on asyncio and `json` in the same round (change per "
+        out += ["", f"**Libraries**, against the current bot (asyncio, orjson) in the same round (change per "
                     f"round; a figure counts when it moves ±{CHANGE * 100:.0f} % or more the same way in every "
                     f"round, leaving out rounds in which either run had other processes at {NOISY_PCT:g} % of a "
                     f"core or more; the current bot's p50 per round for scale: "
                     + " / ".join(f"{x:.2f}" for x in cur["round_p50"]) + " ms):", ""]
-        for v in libs:
-            words, call = verdict(res, v)
-            out.append(f"- {LABELS[v]}: {words} → **{call}**.")
+        if p["uvloop"]:
+            words, call = verdict(res, "uvloop")
+            out.append(f"- {LABELS['uvloop']}: {words} → **{call}**.")
+        if p["stdjson"]:  # orjson is in the product: does it still beat json?
+            words, call = verdict(res, "current", "stdjson")
+            out.append(f"- orjson (the current bot) against the same bot with stdlib json: {words} → **{call}**.")
     if cur and p["switch"]:
         words, call = verdict(res, "switch", outcomes=("shorter", "longer", "mixed", "no clear change"))
         sw = p["switch"]["first"]

@@ -26,6 +26,14 @@ as root the way the README says. Asserted, in order:
    exit 2 is never restarted.
 8. ``status`` (secrets masked), ``logs``, ``stop``, ``uninstall`` (keeps config/data, a later
    deploy picks them up), ``uninstall --purge`` (nothing left).
+9. A second instance beside the default one (between 4. and 5., the simulated exchange serving
+   BTCUSDT and ETHUSDT): an unknown symbol is refused with one line and nothing installed;
+   ``add ETHUSDT`` gives a hardened bollmin@ETHUSDT.service as bollmin with its own settings, DB
+   and log, paper-trading ETHUSDT only while the default bot trades BTCUSDT; ``list``, ``status``,
+   ``logs`` and ``restart`` with the symbol; a re-deploy keeps both configs and restarts both bots;
+   ``remove`` refuses while the DB shows a live position, then leaves the default bot untouched
+   and keeps the data; ``remove --purge`` deletes it. An instance is also alive at ``stop`` (which
+   leaves it running) and ``uninstall`` (which removes it too).
 
 Needs root, systemd-nspawn, debootstrap and nsenter; skips without them unless ``$CI`` is set.
 The first run debootstraps the image into /var/cache/bollmin-tests (a few minutes); later runs
@@ -53,6 +61,9 @@ DEPLOY = f"{SRC}/auto_deploy.sh"
 INSTALLED = "/opt/bollmin/auto_deploy.sh"
 CONF = "/etc/bollmin/config.py"
 ENV = "/etc/bollmin/bollmin.env"
+ETH_CONF = "/etc/bollmin/ETHUSDT.py"
+ETH_DB = "/var/lib/bollmin/ETHUSDT.db"
+ETH_UNIT = "bollmin@ETHUSDT.service"
 WEB_ENV = "/etc/bollmin/dashboard.env"
 DB = "/var/lib/bollmin/bollmin.db"
 VENV_PY = "/opt/bollmin/venv/bin/python"
@@ -102,13 +113,13 @@ def wait_for(what: str, predicate, timeout: float, interval: float = 0.5):
         time.sleep(interval)
 
 
-def sql(box, query: str) -> list[list[str]]:
-    out = box.run("sqlite3", "-readonly", "-separator", "|", DB, query).stdout
+def sql(box, query: str, db: str = DB) -> list[list[str]]:
+    out = box.run("sqlite3", "-readonly", "-separator", "|", db, query).stdout
     return [line.split("|") for line in out.splitlines()]
 
 
-def status_row(box) -> dict[str, str]:
-    return {k: v for k, v in sql(box, "SELECT key, value FROM status")}
+def status_row(box, db: str = DB) -> dict[str, str]:
+    return {k: v for k, v in sql(box, "SELECT key, value FROM status", db)}
 
 
 def heartbeat_age_s(box) -> float:
@@ -140,8 +151,8 @@ except urllib.error.HTTPError as e:
 
 
 def deploy(box, *args: str, check: bool = True, timeout: float = 600):
-    res = box.run(DEPLOY if not args or args[0] not in ("status", "logs", "restart", "stop", "uninstall")
-                  else INSTALLED, *args, check=check, timeout=timeout)
+    later = ("status", "logs", "restart", "stop", "uninstall", "add", "remove", "list")
+    res = box.run(DEPLOY if not args or args[0] not in later else INSTALLED, *args, check=check, timeout=timeout)
     print(f"$ auto_deploy.sh {' '.join(args)}  (exit {res.returncode})\n{res.stdout}{res.stderr}")
     return res
 
@@ -153,7 +164,7 @@ def no_secrets(text: str, *secrets: str) -> None:
 
 def diagnostics(box) -> str:
     parts = []
-    units = ("bollmin", "bollmin-dashboard", "simexchange")
+    units = ("bollmin", "bollmin-dashboard", "simexchange", ETH_UNIT)
     for cmd in (["systemctl", "--no-pager", "status", *units],
                 ["journalctl", "--no-pager", "-n", "80", *(f"--unit={u}" for u in units)]):
         res = box.run(*cmd, check=False)
@@ -280,7 +291,8 @@ def _lifecycle(box):
     step("edit config and secrets, re-deploy")
     ex_port, dash_port = free_port(), free_port()
     box.run("systemd-run", "--unit=simexchange", "-p", "Type=exec", "-E", f"PYTHONPATH={SRC}", VENV_PY,
-            "-m", "simexchange", "--klines", KLINES, "--port", str(ex_port), "--speed", "120", "--history", "120")
+            "-m", "simexchange", "--klines", KLINES, "--also", "ETHUSDT", "--port", str(ex_port), "--speed", "120",
+            "--history", "120")
     wait_for("simexchange", lambda: "simexchange listening on" in box.run(
         "journalctl", "-o", "cat", "-u", "simexchange", "--no-pager").stdout, timeout=30)
     conf = re.sub(r"^(RECONCILE_RULE|MAX_ORDER_REJECTS) = .*\n", "", conf, flags=re.M)
@@ -349,13 +361,37 @@ def _lifecycle(box):
     assert res.returncode != 0 and API_KEY not in res.stdout, res
     assert DASH_PASSWORD in box.run(*in_web, "cat", f"/proc/{web_pid}/environ").stdout
 
-    step("re-deploy keeps the data")
+    # -- 9. a second instance -------------------------------------------------------------------
+    _second_instance(box, step, user[2])
+
+    step("re-deploy keeps the data (and every instance's config) and restarts both bots")
     db_id = status_row(box)["db_id"]
     trades = sql(box, "SELECT id, client_order_id, price FROM trades ORDER BY id")
-    deploy(box)
+    # Pretend again that the installed version did not know RECONCILE_RULE: reported for each file without it.
+    box.path(ETH_CONF).write_text(re.sub(r"^RECONCILE_RULE = .*\n", "", box.path(ETH_CONF).read_text(), flags=re.M))
+    with open(box.path("/opt/bollmin/config.py"), "a") as f:
+        f.write('\nSETTINGS = tuple(s for s in SETTINGS if s.name != "RECONCILE_RULE")\n')
+    eth = {"conf": sha(box, ETH_CONF), "db_id": status_row(box, ETH_DB)["db_id"],
+           "trades": sql(box, "SELECT id, client_order_id, price FROM trades ORDER BY id", ETH_DB)}
+    pids = {unit: show(box, unit, "MainPID")["MainPID"] for unit in ("bollmin.service", ETH_UNIT)}
+    res = deploy(box)
+    out = res.stdout + res.stderr
+    assert "bot: active, heartbeat" in out and "ETHUSDT: active, heartbeat" in out
+    assert "ETHUSDT market data: connected" in out
+    assert f"settings new in this version (not in {CONF};" in out
+    assert f"settings new in this version (not in {ETH_CONF};" in out
+    assert out.count("\n    RECONCILE_RULE = 'exchange'") == 2, out
     assert status_row(box)["db_id"] == db_id
     assert sql(box, "SELECT id, client_order_id, price FROM trades ORDER BY id")[:len(trades)] == trades
     assert {CONF: sha(box, CONF), ENV: sha(box, ENV), WEB_ENV: sha(box, WEB_ENV)} == before
+    assert sha(box, ETH_CONF) == eth["conf"] and status_row(box, ETH_DB)["db_id"] == eth["db_id"]
+    assert sql(box, "SELECT id, client_order_id, price FROM trades ORDER BY id", ETH_DB)[:len(eth["trades"])] == \
+        eth["trades"]
+    for unit, pid in pids.items():  # both on the new code
+        now = show(box, unit, "MainPID", "ActiveState")
+        assert now["ActiveState"] == "active" and now["MainPID"] not in ("0", pid), (unit, now)
+
+    _remove_second_instance(box, step)
 
     step("an older install's single secrets file is split on update")
     box.path(ENV).write_text(box.path(ENV).read_text() + f"BOLLMIN_DASHBOARD_PASSWORD={DASH_PASSWORD}\n")
@@ -384,7 +420,8 @@ def _lifecycle(box):
     assert "Watchdog timeout" in box.run("journalctl", "--no-pager", "-o", "cat", "-u", "bollmin").stdout
     box.run("systemctl", "reset-failed", "simexchange", check=False)
     box.run("systemd-run", "--unit=simexchange", "-p", "Type=exec", "-E", f"PYTHONPATH={SRC}", VENV_PY,
-            "-m", "simexchange", "--klines", KLINES, "--port", str(ex_port), "--speed", "120", "--history", "120")
+            "-m", "simexchange", "--klines", KLINES, "--also", "ETHUSDT", "--port", str(ex_port), "--speed", "120",
+            "--history", "120")
     dropin.unlink()
     box.run("systemctl", "daemon-reload")
 
@@ -462,11 +499,17 @@ def _lifecycle(box):
     assert "paper open_" in res.stdout
     no_secrets(res.stdout, API_KEY, API_SECRET, DASH_PASSWORD)
 
+    step("an instance again, for stop and uninstall")
+    res = deploy(box, "add", "ETHUSDT")
+    assert "ETHUSDT: active, heartbeat" in res.stdout and "created /etc/bollmin/ETHUSDT.py" in res.stdout
+
     step("stop")
-    deploy(box, "stop")
+    res = deploy(box, "stop")
+    assert "still running: ETHUSDT" in res.stdout
     for unit in ("bollmin", "bollmin-dashboard"):
         assert show(box, unit, "ActiveState")["ActiveState"] == "inactive"
     assert show(box, "bollmin", "Result")["Result"] == "success"  # SIGTERM: a clean exit 0
+    assert show(box, ETH_UNIT, "ActiveState")["ActiveState"] == "active"  # stop without a symbol: the default one
 
     step("uninstall (keeps config, secrets, data)")
     trades = sql(box, "SELECT count(*) FROM trades")
@@ -475,6 +518,10 @@ def _lifecycle(box):
     assert not box.path("/etc/systemd/system/bollmin.service").exists()
     assert not box.path("/etc/systemd/system/bollmin.service.d").exists()
     assert box.run("systemctl", "cat", "bollmin.service", check=False).returncode != 0
+    for path in ("/etc/systemd/system/bollmin@.service", f"/etc/systemd/system/{ETH_UNIT}.d",
+                 f"/etc/systemd/system/multi-user.target.wants/{ETH_UNIT}"):
+        assert not box.path(path).is_symlink() and not box.path(path).exists(), path
+    assert box.path(ETH_CONF).exists() and box.path(ETH_DB).exists()  # kept, like the default's
     assert {CONF: sha(box, CONF), ENV: sha(box, ENV), WEB_ENV: sha(box, WEB_ENV)} == before
     assert sql(box, "SELECT count(*) FROM trades") == trades
     assert box.run("getent", "passwd", "bollmin", check=False).returncode == 0
@@ -484,12 +531,130 @@ def _lifecycle(box):
     res = deploy(box)
     assert "created /etc/bollmin" not in res.stdout and "market data: connected" in res.stdout
     assert status_row(box)["db_id"] == db_id
+    res = deploy(box, "list")  # the instance is gone, its settings and data are not
+    assert "bollmin@ETHUSDT" not in res.stdout and "settings and data kept: ETHUSDT" in res.stdout
 
     step("uninstall --purge")
     deploy(box, "uninstall", "--purge")
     for path in ("/opt/bollmin", "/etc/bollmin", "/var/lib/bollmin", "/var/log/bollmin",
-                 "/etc/systemd/system/bollmin.service", "/etc/systemd/system/bollmin-dashboard.service"):
+                 "/etc/systemd/system/bollmin.service", "/etc/systemd/system/bollmin-dashboard.service",
+                 "/etc/systemd/system/bollmin@.service"):
         assert not box.path(path).exists(), path
     assert box.run("getent", "passwd", "bollmin", check=False).returncode == 2
     assert box.run("getent", "group", "bollmin", check=False).returncode == 2
     step("done")
+
+
+def _second_instance(box, step, bollmin_uid: str) -> None:
+    """add ETHUSDT beside the default bot (BTCUSDT); the simulated exchange serves both symbols."""
+    step("an unknown symbol is refused with one line, nothing installed")
+    default_pid = show(box, "bollmin", "MainPID")["MainPID"]
+    res = deploy(box, "add", "NOPEUSDT", check=False)
+    assert res.returncode == 1 and res.stderr.count("\n") == 1, res.stderr
+    assert "NOPEUSDT" in res.stderr and "does not list it" in res.stderr and "nothing was installed" in res.stderr
+    assert sorted(p.name for p in box.path("/etc/bollmin").iterdir()) == ["bollmin.env", "config.py", "dashboard.env"]
+    assert not any("NOPEUSDT" in p.name for p in box.path("/etc/systemd/system").rglob("*"))
+    assert not box.path("/var/lib/bollmin/NOPEUSDT.db").exists()
+    res = deploy(box, "add", "BTCUSDT", check=False)  # the default instance's symbol: two bots, one position
+    assert res.returncode == 1 and "default instance's symbol" in res.stderr and res.stderr.count("\n") == 1
+
+    step("add ETHUSDT")
+    res = deploy(box, "add", "ETHUSDT")
+    out = res.stdout + res.stderr
+    no_secrets(out, API_KEY, API_SECRET, DASH_PASSWORD)
+    assert "the exchange lists ETHUSDT" in out and f"created {ETH_CONF} (PAPER;" in out
+    assert "ETHUSDT: active, heartbeat" in out and "ETHUSDT market data: connected" in out
+    modes = box.run("stat", "-c", "%U:%G %a", ETH_CONF).stdout.strip()
+    assert modes == "root:bollmin 640", modes
+    conf = box.path(ETH_CONF).read_text()
+    for line in ("SYMBOL = 'ETHUSDT'", f"DB_PATH = '{ETH_DB}'", "LOG_FILE = '/var/log/bollmin/ETHUSDT.log'",
+                 "PAPER_TRADING = True", "REST_BASE_URL = 'http://127.0.0.1:", "WS_BASE_URL = 'ws://127.0.0.1:"):
+        assert f"\n{line}" in conf, line  # the defaults, its own paths, the account's exchange (config.py's)
+    props = show(box, ETH_UNIT, "ActiveState", "MainPID", "UnitFileState", "Restart", "WatchdogUSec", "Type")
+    assert props["ActiveState"] == "active" and props["UnitFileState"] == "enabled", props
+    assert props["Restart"] == "on-failure" and props["WatchdogUSec"] == "2min" and props["Type"] == "notify", props
+    assert "Restart=on-failure" in box.path(f"/etc/systemd/system/{ETH_UNIT}.d/10-restart.conf").read_text()
+    status = box.run("cat", f"/proc/{props['MainPID']}/status").stdout
+    assert re.search(r"^Uid:\s+(\d+)", status, re.M).group(1) == bollmin_uid
+    assert re.search(r"^NoNewPrivs:\s+1$", status, re.M)
+    assert API_KEY in box.run("cat", f"/proc/{props['MainPID']}/environ").stdout  # one account: the same keys
+    verify = box.run("systemd-analyze", "verify", "--man=no", ETH_UNIT, check=False)
+    assert verify.returncode == 0 and (verify.stdout + verify.stderr).strip() == "", verify.stdout + verify.stderr
+    security = box.run("systemd-analyze", "security", "--no-pager", ETH_UNIT).stdout
+    score = float(re.search(rf"Overall exposure level for {ETH_UNIT}: (\d+\.\d+)", security).group(1))
+    print(f"systemd-analyze security {ETH_UNIT}: {score}")
+    assert score <= 1.5
+    assert show(box, "bollmin", "MainPID")["MainPID"] == default_pid, "adding an instance touched the default bot"
+
+    step("edit its settings, restart ETHUSDT: both bots paper-trade their own symbol")
+    box.path(ETH_CONF).write_text(box.path(ETH_CONF).read_text() + "\nINTERVAL = '1m'\nWS_STALL_SECONDS = 5.0\n")
+    edited = sha(box, ETH_CONF)
+    res = deploy(box, "restart", "ETHUSDT")
+    assert "ETHUSDT: active, heartbeat" in res.stdout and sha(box, ETH_CONF) == edited
+    assert show(box, "bollmin", "MainPID")["MainPID"] == default_pid, "restart ETHUSDT touched the default bot"
+    wait_for("ETHUSDT paper trades",
+             lambda: int(sql(box, "SELECT count(*) FROM trades WHERE paper = 1", ETH_DB)[0][0]) >= 2,
+             timeout=150, interval=2)
+    assert sql(box, "SELECT DISTINCT symbol FROM orders", ETH_DB) == [["ETHUSDT"]]
+    assert sql(box, "SELECT DISTINCT symbol FROM orders") == [["BTCUSDT"]]
+    assert int(sql(box, "SELECT count(*) FROM orders WHERE paper = 0", ETH_DB)[0][0]) == 0
+    row = status_row(box, ETH_DB)
+    assert row["symbol"] == "ETHUSDT" and row["mode"] == "PAPER" and row["connection"] == "connected", row
+    assert status_row(box)["symbol"] == "BTCUSDT"
+    assert box.path("/var/log/bollmin/ETHUSDT.log").stat().st_size > 0
+
+    step("list, status, logs with the symbol")
+    res = deploy(box, "list")
+    assert re.search(r"^BTCUSDT\s+bollmin\.service\s+active\s+PAPER\s+\S+", res.stdout, re.M), res.stdout
+    assert re.search(r"^ETHUSDT\s+bollmin@ETHUSDT\.service\s+active\s+PAPER\s+\S+", res.stdout, re.M), res.stdout
+    assert re.search(r"\d+\.\d s ago$", res.stdout, re.M)
+    res = deploy(box, "status", "ETHUSDT")
+    assert re.search(r"^bollmin@ETHUSDT.service\s+active \(running\)", res.stdout, re.M)
+    assert "mode PAPER, ETHUSDT 1m" in res.stdout and f"config {ETH_CONF}" in res.stdout
+    no_secrets(res.stdout, API_KEY, API_SECRET, DASH_PASSWORD)
+    res = deploy(box, "status")
+    assert "mode PAPER, BTCUSDT 1m" in res.stdout and re.search(r"^bollmin@ETHUSDT.service\s+active", res.stdout, re.M)
+    res = deploy(box, "logs", "ETHUSDT")
+    assert "bollmin-ETHUSDT[" in res.stdout and "bollmin PAPER mode, ETHUSDT 1m" in res.stdout
+    assert "bollmin[" not in res.stdout
+
+
+def _remove_second_instance(box, step) -> None:
+    step("remove ETHUSDT refuses while its DB shows a live position")
+    default_pid = show(box, "bollmin", "MainPID")["MainPID"]
+    deploy(box, "stop", "ETHUSDT")
+    assert show(box, ETH_UNIT, "ActiveState")["ActiveState"] == "inactive"
+    as_bollmin = ["setpriv", "--reuid=bollmin", "--regid=bollmin", "--init-groups", "sqlite3", ETH_DB]
+    saved = status_row(box, ETH_DB)
+    box.run(*as_bollmin, "UPDATE status SET value = 'LIVE' WHERE key = 'mode'; "
+                         "UPDATE status SET value = '0.5' WHERE key = 'position_qty'")
+    res = deploy(box, "remove", "ETHUSDT", check=False)
+    assert res.returncode == 1 and res.stderr.count("\n") == 1 and "open LIVE position (long 0.5" in res.stderr
+    assert box.path(f"/etc/systemd/system/{ETH_UNIT}.d/10-restart.conf").exists()
+    box.run(*as_bollmin, f"UPDATE status SET value = '{saved['mode']}' WHERE key = 'mode'; "
+                         f"UPDATE status SET value = '{saved['position_qty']}' WHERE key = 'position_qty'")
+
+    step("remove ETHUSDT: the default bot untouched, its data kept")
+    kept = {"conf": sha(box, ETH_CONF), "trades": sql(box, "SELECT count(*) FROM trades", ETH_DB)}
+    res = deploy(box, "remove", "ETHUSDT")
+    assert "kept: its settings /etc/bollmin/ETHUSDT.py" in res.stdout
+    props = show(box, ETH_UNIT, "ActiveState", "UnitFileState")
+    assert props == {"ActiveState": "inactive", "UnitFileState": "disabled"}, props
+    assert not box.path(f"/etc/systemd/system/{ETH_UNIT}.d").exists()
+    assert sha(box, ETH_CONF) == kept["conf"] and sql(box, "SELECT count(*) FROM trades", ETH_DB) == kept["trades"]
+    assert box.path("/var/log/bollmin/ETHUSDT.log").exists()
+    assert show(box, "bollmin", "MainPID", "ActiveState") == {"MainPID": default_pid, "ActiveState": "active"}
+    wait_for("a fresh heartbeat of the default bot", lambda: heartbeat_age_s(box) < 5, timeout=10)
+    res = deploy(box, "list")
+    assert re.search(r"^BTCUSDT\s+bollmin\.service\s+active", res.stdout, re.M) and "bollmin@ETHUSDT" not in res.stdout
+    assert "settings and data kept: ETHUSDT" in res.stdout
+    res = deploy(box, "restart", "ETHUSDT", check=False)
+    assert res.returncode == 1 and "no instance ETHUSDT" in res.stderr
+
+    step("remove ETHUSDT --purge")
+    deploy(box, "remove", "ETHUSDT", "--purge")
+    leftovers = [p.name for d in ("/etc/bollmin", "/var/lib/bollmin", "/var/log/bollmin")
+                 for p in box.path(d).iterdir() if "ETHUSDT" in p.name]
+    assert leftovers == [], leftovers
+    assert show(box, "bollmin", "MainPID", "ActiveState") == {"MainPID": default_pid, "ActiveState": "active"}
+    assert "settings and data kept" not in deploy(box, "list").stdout

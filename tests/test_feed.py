@@ -151,3 +151,57 @@ def test_backoff_is_capped_and_jittered():
     assert all(0 <= d <= 30.0 for d in delays)
     assert len({round(d, 6) for d in delays}) > 100  # jitter: not a fixed schedule
     assert max(backoff_delay(0) for _ in range(200)) <= 0.5
+
+
+class BufferedSocket:
+    """A connection whose messages are all buffered: ``recv()`` returns without ever suspending
+    (as websockets does in a burst), then the connection closes."""
+
+    def __init__(self, messages: list[str]) -> None:
+        self.messages = list(messages)
+
+    async def recv(self) -> str:
+        if not self.messages:
+            import websockets
+
+            raise websockets.ConnectionClosed(None, None)
+        return self.messages.pop(0)
+
+    async def close(self) -> None:
+        pass
+
+
+def test_an_event_that_queued_an_order_lets_the_executor_run_before_the_next_message():
+    """on_event returning True (live orders queued) makes the feed yield once, so a task woken
+    by that event runs before the next buffered message is handled; otherwise it would wait
+    behind the whole burst."""
+    import asyncio
+
+    handled: list[int] = []
+    ran_after: list[int] = []
+
+    async def scenario() -> None:
+        wake = asyncio.Event()
+
+        async def executor() -> None:
+            await wake.wait()
+            ran_after.append(len(handled))
+
+        task = asyncio.create_task(executor())
+        await asyncio.sleep(0)  # the executor waits on its event, like Executor.run
+
+        def on_event(event) -> bool:
+            if isinstance(event, Trade):
+                handled.append(event.time_ms)
+                if len(handled) == 3:
+                    wake.set()
+                    return True
+            return False
+
+        f = Feed("ws://127.0.0.1:1/market/stream", "BTCUSDT", "15m", on_event=on_event)
+        await f._read(BufferedSocket([agg(i, 1_000 + i, "27000.10") for i in range(1, 51)]))
+        await task
+
+    asyncio.run(scenario())
+    assert len(handled) == 50
+    assert ran_after == [3], "the executor must run right after the message that queued its job"
