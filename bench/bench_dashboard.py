@@ -3,8 +3,8 @@
     .venv/bin/python bench/bench_dashboard.py [--requests N]
 
 Builds a throw-away DB (2 000 real 15m candles, 10 000 filled orders with fills, 5 000 events, a
-stored strategy-lab sweep of 49 parameter sets with their equity curves, a fresh heartbeat),
-starts the real server (``python dashboard.py --config ...``: waitress on 127.0.0.1) and sends
+fresh heartbeat; beside it a lab DB with a real sweep of 49 parameter sets and their ~300-point
+equity curves), starts the real server (``python dashboard.py --config ...``: waitress on 127.0.0.1) and sends
 sequential requests with ``http.client`` over one keep-alive connection; then again while 300
 idle connections are held open. Also measured: the status read itself without the one-second
 cache (in-process), the dashboard's CPU per ``/api/status`` request, and the page weight of a
@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import math
 import os
 import re
 import shutil
 import socket
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -37,6 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))  # the tests' support package
 
+from support.dbs import add_sweep  # noqa: E402
 from support.env import clean_env  # noqa: E402
 from support.net import free_port  # noqa: E402
 from support.paths import MARKET_15M  # noqa: E402
@@ -79,35 +78,10 @@ def build_db(path: str, orders: int = 10_000, events: int = 5_000) -> None:
                        "position_qty": 0.01, "entry_price": candles[-1].open, "unrealized_pnl_usdt": 1.0,
                        "realized_pnl_usdt": 2.0, "connection": "connected", "last_message_ms": now, "db_role": "bot"})
     db.close()
-    add_sweep_tables(path, candles)
-
-
-def add_sweep_tables(path: str, candles: list) -> None:
-    """A stored sweep (the tables ``sweep --db`` writes, as ``store.read_sweep_*`` read them): 7 periods x 7 k,
-    each with a 300-point equity curve."""
-    conn = sqlite3.connect(path)
-    conn.executescript("""
-        CREATE TABLE sweep_runs (id INTEGER PRIMARY KEY, created_ms INTEGER, klines_file TEXT, symbol TEXT,
-            candles INTEGER, first_open_ms INTEGER, last_open_ms INTEGER, train_fraction REAL, settings_json TEXT);
-        CREATE TABLE sweep_results (id INTEGER PRIMARY KEY, run_id INTEGER, interval TEXT, boll_period INTEGER,
-            boll_k REAL, trades INTEGER, net_pnl_usdt REAL, fees_usdt REAL, win_rate REAL, max_drawdown_usdt REAL,
-            is_net_pnl_usdt REAL, oos_net_pnl_usdt REAL, oos_trades INTEGER, oos_max_drawdown_usdt REAL);
-        CREATE TABLE sweep_equity (result_id INTEGER, time_ms INTEGER, equity_usdt REAL);
-    """)
-    first, last = candles[0].open_time_ms, candles[-1].open_time_ms
-    conn.execute("INSERT INTO sweep_runs VALUES (1, ?, 'bench.csv', 'BTCUSDT', ?, ?, ?, 0.7, '{}')",
-                 (store.now_ms(), len(candles), first, last))
-    rid = 0
-    for period in range(10, 45, 5):
-        for k10 in range(15, 32, 3):
-            rid += 1
-            net = math.sin(period * k10) * 100
-            conn.execute("INSERT INTO sweep_results VALUES (?,1,'15m',?,?,?,?,?,?,?,?,?,?,?)",
-                         (rid, period, k10 / 10, 100 + rid, net, 20.0, 0.4, 50.0, net * 0.7, net * 0.3, 30, 20.0))
-            conn.executemany("INSERT INTO sweep_equity VALUES (?,?,?)",
-                             [(rid, first + (last - first) * j // 300, net * j / 300) for j in range(300)])
-    conn.commit()
-    conn.close()
+    # The lab DB beside it, written by the real `bollmin.py sweep --db` (so its schema is the product's):
+    # 7 periods x 7 k on the first 30 000 candles of 2023, every set with its equity curve (~300 daily points).
+    add_sweep(path, n_candles=30_000, periods=tuple(range(10, 45, 5)),
+              ks=tuple(k10 / 10 for k10 in range(15, 36, 3)))
 
 
 class Client:
@@ -267,8 +241,9 @@ def main() -> int:
           f"query, derive the page's figures; n = {r['uncached']['n']}), p50 / p99 | {r['uncached']['p50']:.2f} / "
           f"{r['uncached']['p99']:.2f} ms | — | |")
     print()
-    print(f"DB: 10 000 orders, 10 000 fills, 5 000 events, 2 000 candles, a stored sweep of 49 sets with "
-          f"300-point equity curves (built in {r['build_s']:.1f} s); server: `python dashboard.py` (waitress, "
+    print(f"DB: 10 000 orders, 10 000 fills, 5 000 events, 2 000 candles; beside it a lab DB with a sweep of 49 "
+          f"sets and their ~300-point equity curves (`bollmin.py sweep --db` on 30 000 candles; both built in "
+          f"{r['build_s']:.1f} s); server: `python dashboard.py` (waitress, "
           f"4 worker threads, {r['policy']} scheduling class, nice {r['nice']}) on 127.0.0.1, one keep-alive "
           f"`http.client` connection, requests one after the other (a warm-up of 50 per route not counted). "
           f"`/api/status` reads the DB at most once a second (the cache), so most of its requests cost only the "

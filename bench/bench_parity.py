@@ -6,7 +6,7 @@
     python bench/bench_parity.py --raw F      also save every measured value as JSON
     python bench/bench_parity.py --from-raw F render a saved run again, measuring nothing
 
-Each case is a fresh ``python bollmin.py run`` in live mode against a fresh ``python simexchange.py``
+Each case is a fresh ``python bollmin.py run`` in live mode against a fresh ``python -m simexchange``
 (its own process) replaying a slice of ``marketdata/btcusdt_um_1m_2025-05.csv.gz``: 19 closed
 candles of history (the bot fetches exactly those, so its window is ready at the first tick, as
 the backtest's is) and ``--candles`` streamed candles of 4 ticks each. Pacing: R ticks/s
@@ -69,12 +69,12 @@ def ctl(port: int, name: str, body: dict | None = None) -> Any:
 
 
 class SimProcess:
-    """``python simexchange.py`` on a free 127.0.0.1 port, replaying ``klines`` (paused)."""
+    """``python -m simexchange`` (the current tree's) on a free 127.0.0.1 port, replaying ``klines`` (paused)."""
 
     def __init__(self, workdir: str, klines: str) -> None:
         os.makedirs(workdir, exist_ok=True)
         self.port_file = os.path.join(workdir, "sim.port")
-        self.argv = [sys.executable, os.path.join(bb.ROOT, "simexchange.py"), "--klines", klines, "--paused",
+        self.argv = [sys.executable, "-m", "simexchange", "--klines", klines, "--paused",
                      "--history", str(HISTORY), "--interval", "1m", "--port-file", self.port_file,
                      "--api-key", bb.DEMO_API_KEY, "--api-secret", bb.DEMO_API_SECRET, "--log-level", "warning"]
         self.stderr_path = os.path.join(workdir, "sim-stderr.txt")
@@ -83,7 +83,8 @@ class SimProcess:
 
     async def start(self) -> int:
         with open(self.stderr_path, "ab") as err:
-            self.proc = subprocess.Popen(self.argv, env=bb.clean_env(), stdout=subprocess.DEVNULL, stderr=err)
+            self.proc = subprocess.Popen(self.argv, cwd=bb.ROOT, env=bb.clean_env(), stdout=subprocess.DEVNULL,
+                                         stderr=err)
         deadline = time.monotonic() + 30
         while not os.path.exists(self.port_file):
             if self.proc.poll() is not None or time.monotonic() > deadline:
