@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/run_all.py                 # all of them (about 30 minutes on a quiet machine)
     .venv/bin/python bench/run_all.py core parity     # only some sections
-    .venv/bin/python bench/run_all.py --raw-dir DIR   # also keep latency/parity/firehose values as DIR/NAME.json
+    .venv/bin/python bench/run_all.py --raw-dir DIR   # also keep the raw values (SAVES_RAW) as DIR/NAME.json
 
 Each benchmark prints a markdown section on stdout; this script puts it between the section's
 markers (``<!-- NAME:begin -->`` … ``<!-- NAME:end -->``) in BENCHMARKS.md, keeping the other
@@ -34,8 +34,9 @@ BENCHES: dict[str, tuple[str, str]] = {
     "latency": ("bench/bench_latency.py", "Tick-to-order latency"),
     "parity": ("bench/bench_parity.py", "Live orders = backtest, at speed"),
     "firehose": ("bench/bench_firehose.py", "Firehose"),
+    "instances": ("bench/bench_instances.py", "Several instances: memory and request weight per instance"),
 }
-SAVES_RAW = {"latency", "parity", "firehose"}  # scripts with --raw PATH / --from-raw PATH
+SAVES_RAW = {"latency", "parity", "firehose", "instances"}  # scripts with --raw PATH / --from-raw PATH
 SECTION = re.compile(r"\n*<!-- ([a-z_]+):begin -->\n.*?<!-- \1:end -->\n?", re.S)
 
 HEADER = """# Benchmarks
