@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from support.paths import MARKET_1M
 
 import config
 
@@ -307,13 +308,11 @@ def test_the_probe_reads_an_instances_status_from_its_db(tmp_path):
 def test_the_exchange_check_of_add(tmp_path):
     """Listed: silent; not listed: exit 2 and one line; the exchange unreachable: a one-line warning, exit 0.
     The secrets come from the env file, as under systemd (a live config needs them to be valid)."""
-    from harness import DATA_1M
-
     from simexchange import SimExchangeThread
 
     keys = "BINANCE_API_KEY=key123\nBINANCE_API_SECRET=secret456\n"
     conf = tmp_path / "instance.py"
-    with SimExchangeThread(DATA_1M, paused=True, target_interval="1m") as sim:
+    with SimExchangeThread(MARKET_1M, paused=True, target_interval="1m") as sim:
         conf.write_text(f"REST_BASE_URL = {sim.base_url!r}\nSYMBOL = 'BTCUSDT'\nPAPER_TRADING = False\n")
         res = run_probe(tmp_path, conf, "exchange", env_text=keys)
         assert res.returncode == 0 and res.stderr == "", res

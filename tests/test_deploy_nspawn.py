@@ -46,12 +46,12 @@ import hashlib
 import json
 import os
 import re
-import socket
 import time
 from pathlib import Path
 
 import nspawn
 import pytest
+from support.net import free_port
 
 pytestmark = pytest.mark.nspawn
 
@@ -71,12 +71,6 @@ KLINES = f"{SRC}/marketdata/btcusdt_um_1m_2025-05.csv.gz"
 API_KEY = "nspawnKEY0123456789abcdef"
 API_SECRET = "nspawnSECRET0123456789abcdef"
 DASH_PASSWORD = "nspawn-dash-pass-42"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
