@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import random
 import sys
@@ -315,22 +314,10 @@ def main() -> int:
         parser.error("--first-mark must be between 0 and --ticks")
     args.plateau_ticks = max(args.plateau_ticks, args.ticks)
     log = bb.stderr_log("bench_firehose")
-    if args.from_raw:
-        with open(args.from_raw, encoding="utf-8") as fh:
-            res = json.load(fh)
-    else:
-        res = bb.run_measure(measure, args, log, log=log)
-        if res is None:
-            return 130
-        res["command"] = bb.command_line("bench_firehose.py", sys.argv[1:])
-    section = render(res)
-    sys.stdout.write(section)
-    if args.raw:
-        with open(args.raw, "w", encoding="utf-8") as fh:
-            json.dump(res, fh)
-    if args.write:
-        common.replace_section("firehose", section)
-        log(f"section written to {common.BENCH_MD}")
+    res = bb.measure_or_load(args, "bench_firehose.py", measure, log)
+    if res is None:
+        return 130
+    bb.publish("firehose", render(res), args, log)
     return 0
 
 

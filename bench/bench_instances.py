@@ -48,7 +48,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -621,6 +620,7 @@ def measure(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     started = time.monotonic()
     res: dict[str, Any] = {"machine": common.machine(), "date": time.strftime("%Y-%m-%d", time.gmtime()),
                            "loadavg": os.getloadavg(), "quick": args.quick, "interval": "1m",
+                           "paper_ticks": args.paper_ticks,
                            "keepalive_s": userstream.KEEPALIVE_S}
     base = read_candles(bb.MARKET_1M)
     need = max(args.ticks_one, args.ticks_two) // 4 + 60 + 2 * 1440 + 10
@@ -1038,33 +1038,14 @@ def main() -> int:
         one = sorted({args.first_mark, args.ticks_one // 4, args.ticks_one // 2, args.ticks_one})
     args.marks_one, args.marks_two = one, [args.first_mark, args.ticks_two]
     log = bb.stderr_log("bench_instances")
-    if args.from_raw:
-        with open(args.from_raw, encoding="utf-8") as fh:
-            res = json.load(fh)
-    else:
-        def interrupt(signum: int, frame: Any) -> None:
-            raise KeyboardInterrupt
-
-        signal.signal(signal.SIGTERM, interrupt)
-        try:
-            res = measure(args, log)
-        except KeyboardInterrupt:
-            log("interrupted; every process the bench started has been stopped")
-            return 130
-        res["paper_ticks"] = args.paper_ticks
-        argv = sys.argv[1:]
-        if "--keep" in argv:  # it only keeps the files: not part of how the figures were made
-            at = argv.index("--keep")
-            argv = argv[:at] + argv[at + 2:]
-        res["command"] = bb.command_line("bench_instances.py", argv)
-        if args.raw:
-            with open(args.raw, "w", encoding="utf-8") as fh:
-                json.dump(res, fh)
-    section = render(res)
-    sys.stdout.write(section)
-    if args.write:
-        common.replace_section("instances", section)
-        log(f"section written to {common.BENCH_MD}")
+    argv = sys.argv[1:]
+    if "--keep" in argv:  # it only keeps the files: not part of how the figures were made
+        at = argv.index("--keep")
+        argv = argv[:at] + argv[at + 2:]
+    res = bb.measure_or_load(args, "bench_instances.py", measure, log, argv)
+    if res is None:
+        return 130
+    bb.publish("instances", render(res), args, log)
     one_rd = res["one"]["readings"]
     grew = [(rd[-1]["bots"][s]["mem"]["rss"] - rd[0]["bots"][s]["mem"]["rss"]) / MB
             for rd in (one_rd, res["two"]["readings"]) for s in rd[0]["bots"]]

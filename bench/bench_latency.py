@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import sys
 import tempfile
@@ -234,22 +233,10 @@ def main() -> int:
     if args.rounds < 1 or args.crossings < 1:
         parser.error("--rounds and --crossings must be at least 1")
     log = bb.stderr_log("bench_latency")
-    if args.from_raw:
-        with open(args.from_raw, encoding="utf-8") as fh:
-            res = json.load(fh)
-    else:
-        res = bb.run_measure(measure, args, log, log=log)
-        if res is None:
-            return 130
-        res["command"] = bb.command_line("bench_latency.py", sys.argv[1:])
-    section = latency_report.render(res)
-    sys.stdout.write(section)
-    if args.raw:
-        with open(args.raw, "w", encoding="utf-8") as fh:
-            json.dump(res, fh)
-    if args.write:
-        common.replace_section("latency", section)
-        log(f"section written to {common.BENCH_MD}")
+    res = bb.measure_or_load(args, "bench_latency.py", measure, log)
+    if res is None:
+        return 130
+    bb.publish("latency", latency_report.render(res), args, log)
     return 0
 
 

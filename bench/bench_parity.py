@@ -337,26 +337,15 @@ def main() -> int:
     parser.add_argument("--from-raw", metavar="PATH", help="measure nothing: render the results saved by --raw")
     args = parser.parse_args()
     log = bb.stderr_log("bench_parity")
-    if args.from_raw:
-        with open(args.from_raw, encoding="utf-8") as fh:
-            res = json.load(fh)
-    else:
+    if not args.from_raw:
         try:
             parse_cases(args.pairs, args.bursts)
         except ValueError:
             parser.error("--pairs are R:L and --bursts N:M:L (numbers)")
-        res = bb.run_measure(measure, args, log, log=log)
-        if res is None:
-            return 130
-        res["command"] = bb.command_line("bench_parity.py", sys.argv[1:])
-    section = render(res)
-    sys.stdout.write(section)
-    if args.raw:
-        with open(args.raw, "w", encoding="utf-8") as fh:
-            json.dump(res, fh)
-    if args.write:
-        common.replace_section("parity", section)
-        log(f"section written to {common.BENCH_MD}")
+    res = bb.measure_or_load(args, "bench_parity.py", measure, log)
+    if res is None:
+        return 130
+    bb.publish("parity", render(res), args, log)
     return 0
 
 

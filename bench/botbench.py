@@ -43,6 +43,7 @@ BENCH = os.path.join(ROOT, "bench")
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))  # the tests' support package
 
+import common  # noqa: E402
 import psutil  # noqa: E402
 from aiohttp import web  # noqa: E402
 from support.bot import query, tail, write_config  # noqa: E402
@@ -260,7 +261,8 @@ class BotProcess:
 
 
 def run_measure(measure: Callable[..., Any], *args: Any, log: Callable[[str], None]) -> Any:
-    """``asyncio.run(measure(*args))``, or None when interrupted (SIGINT or SIGTERM).
+    """``measure(*args)`` (through ``asyncio.run`` when it is a coroutine function), or None when
+    interrupted (SIGINT or SIGTERM).
 
     SIGTERM becomes KeyboardInterrupt: ``asyncio.run`` then cancels the bench's tasks, and every
     ``finally`` stops what it started (a bare SIGTERM would leave the bots and temp dirs behind).
@@ -270,10 +272,35 @@ def run_measure(measure: Callable[..., Any], *args: Any, log: Callable[[str], No
 
     signal.signal(signal.SIGTERM, interrupt)
     try:
-        return asyncio.run(measure(*args))
+        return asyncio.run(measure(*args)) if asyncio.iscoroutinefunction(measure) else measure(*args)
     except KeyboardInterrupt:
         log("interrupted; every process the bench started has been stopped")
         return None
+
+
+def measure_or_load(args: Any, script: str, measure: Callable[..., Any], log: Callable[[str], None],
+                    argv: list[str] | None = None) -> dict[str, Any] | None:
+    """The results of a bench script: read back from ``--from-raw``, or measured (``measure(args,
+    log)``) with the command line that made them and saved to ``--raw``. None when interrupted."""
+    if args.from_raw:
+        with open(args.from_raw, encoding="utf-8") as fh:
+            return json.load(fh)
+    res = run_measure(measure, args, log, log=log)
+    if res is None:
+        return None
+    res["command"] = command_line(script, sys.argv[1:] if argv is None else argv)
+    if args.raw:
+        with open(args.raw, "w", encoding="utf-8") as fh:
+            json.dump(res, fh)
+    return res
+
+
+def publish(name: str, section: str, args: Any, log: Callable[[str], None]) -> None:
+    """A rendered section to stdout, and with ``--write`` into its place in BENCHMARKS.md."""
+    sys.stdout.write(section)
+    if args.write:
+        common.replace_section(name, section)
+        log(f"section written to {common.BENCH_MD}")
 
 
 async def wait_until(predicate: Callable[[], Any], timeout: float, what: str, bot: BotProcess,
