@@ -621,7 +621,21 @@ def load_config(path: str | None = None, env: dict[str, str] | None = None) -> C
     for name, var in ENV_SECRETS.items():
         if env.get(var):
             values[name] = env[var]
-    return _build(values, path or "defaults")
+    try:
+        return _build(values, path or "defaults")
+    except ConfigError as err:  # another setting may hold a secret's text (SYMBOL = the key, by mistake)
+        raise ConfigError(mask_secrets(str(err), _secret_texts(values))) from None
+
+
+def _secret_texts(values: dict[str, Any]) -> list[str]:
+    """The texts of every secret setting in ``values`` (each notification URL too), also in upper
+    case (a message may suggest the upper-case form of a mistyped value)."""
+    texts: list[str] = []
+    for name in SECRET_NAMES:
+        value = values.get(name)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        texts += [t for v in items if isinstance(v, str) for t in (v, v.upper())]
+    return texts
 
 
 def masked(cfg: Config) -> dict[str, Any]:

@@ -241,6 +241,17 @@ def test_a_secret_from_the_environment_is_masked_in_a_settings_error(tmp_path):
     assert SECRET not in line
 
 
+@pytest.mark.parametrize("where", ["file", "env"])
+def test_a_secret_given_to_another_setting_by_mistake_is_masked(tmp_path, where):
+    """The key pasted into SYMBOL as well: the SYMBOL error must not echo it, nor its upper-case form."""
+    secret = "Fz7SecretNeverShown"
+    body = f"SYMBOL = {secret!r}\n" + (f"API_SECRET = {secret!r}\n" if where == "file" else "")
+    env = clean_env(BINANCE_API_SECRET=secret) if where == "env" else clean_env()
+    line = checked_run(tmp_path, "check-config", "--config", settings_file(tmp_path, body), words=("SYMBOL", "***"),
+                       env=env)
+    assert secret not in line and secret.upper() not in line
+
+
 @pytest.mark.parametrize("kind", ["directory", "fifo", "device", "missing", "utf-16"])
 def test_a_settings_path_that_is_not_a_settings_file(tmp_path, kind):
     target = tmp_path / "settings.py"

@@ -32,13 +32,13 @@ class Catcher:
                     catcher.release.wait(30)
                     return
                 failing = catcher.fail is None or n <= catcher.fail
+                if not failing:  # recorded before answering: the sender's next post cannot overtake it
+                    with catcher.lock:
+                        catcher.delivered.append(body)
                 self.send_response(500 if failing else 200)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
                 self.wfile.write(b"{}")
-                if not failing:
-                    with catcher.lock:
-                        catcher.delivered.append(body)
 
             def log_message(self, *args) -> None:
                 pass
