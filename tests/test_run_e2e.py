@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import gzip
 import json
 import os
 import subprocess
@@ -11,11 +9,10 @@ import sys
 import time
 
 import pytest
-from support.bot import Bot, query, wait_for
-from support.paths import MARKET_1M, ROOT
+from support.bot import Bot, paper_run_and_backtest, query, wait_for
+from support.paths import ROOT
 from support.sim import API_KEY, API_SECRET, ctl, running_sim
 
-from simexchange import SimExchangeThread
 from state import POSITION, Action, State
 
 pytestmark = pytest.mark.e2e
@@ -111,41 +108,11 @@ def test_live_mode_orders_arrive_with_side_reduce_only_and_quantity(sim, tmp_pat
 
 def test_parity_run_and_backtest_make_the_same_transitions_on_two_days_of_1m(tmp_path):
     """The same real ticks through `run` (paper) and `backtest`: same transitions at the same ticks."""
-    rows = []
-    with gzip.open(MARKET_1M, "rt") as fh:
-        reader = csv.reader(fh)
-        header = next(reader)
-        for i, row in enumerate(reader):
-            if i >= 19 + 2 * 1440:
-                break
-            rows.append(row)
-    slice_path = tmp_path / "two_days.csv"
-    with open(slice_path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        w.writerows(rows)
-    with SimExchangeThread(str(slice_path), paused=True, history_candles=19, target_interval="1m", speed=0) as sim:
-        bot = Bot(str(tmp_path), sim.base_url, sim.ws_url, HISTORY_KLINES=19).start()
-        try:
-            bot.wait_connected()
-            ctl(sim.base_url, "resume")
-            wait_for(lambda: ctl(sim.base_url, "state")["finished"], 180, "the replay to finish")
-            last_tick = int(rows[-1][0]) + 59_999
-            bot.wait_status(lambda s: s.get("price_time_ms") == str(last_tick), 120, "the bot to see the last tick")
-        finally:
-            assert bot.stop() == 0
-    bt_db = tmp_path / "backtest.db"
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "bollmin.py"), "backtest", "--klines", str(slice_path),
-                          "--db", str(bt_db), "--config", bot.config], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    sql = "SELECT time_ms, from_state, to_state, price FROM transitions WHERE cause IN ('tick','backtest') ORDER BY id"
-    live = [tuple(r) for r in query(bot.db, sql)]
-    back = [tuple(r) for r in query(str(bt_db), sql)]
+    run, backtest = paper_run_and_backtest(tmp_path, 2)
+    live, back = run["transitions"], backtest["transitions"]
     assert len(back) > 100
     assert live == back
-    orders_sql = "SELECT time_ms, action, reason, fill_price FROM orders ORDER BY id"
-    live_orders = [tuple(r) for r in query(bot.db, orders_sql)]
-    back_orders = [tuple(r) for r in query(str(bt_db), orders_sql)]
+    live_orders, back_orders = run["orders"], backtest["orders"]
     assert live_orders == back_orders
 
 

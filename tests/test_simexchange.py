@@ -4,7 +4,6 @@ streams, and the captured Binance payloads for the shapes. Real sockets on 127.0
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import json
 import os
@@ -24,15 +23,14 @@ import aiohttp
 import pytest
 import websockets
 from binance import AsyncClient
-from binance.exceptions import BinanceAPIException
 from support.paths import MARKET_1M, PAYLOADS, ROOT
+from support.wire import KEY, SECRET, api_error, assert_silent, binance, recv
 
 from history import Candle, path_ticks, read_candles
 from simexchange import SimExchange, SimExchangeThread, exchange_info, sign, split_signature, verify_signature
 from simexchange.market import Market
 from simexchange.streams import StreamClient, StreamHub
 
-KEY, SECRET = "test-key", "test-secret"
 MIN15 = 900_000
 CANDLES = read_candles(MARKET_1M)[:3000]
 
@@ -65,7 +63,6 @@ def aggregate(candles: list[Candle], target_ms: int) -> list[Candle]:
     return out
 
 
-
 @pytest.fixture
 def sim():
     """A paused exchange, fresh for each test (orders and positions are state)."""
@@ -96,32 +93,6 @@ def state(sim: SimExchangeThread) -> dict:
 
 async def step(sim: SimExchangeThread, ticks: int) -> dict:
     return await asyncio.to_thread(control, sim, "/_sim/step", {"ticks": ticks})
-
-
-@contextlib.asynccontextmanager
-async def binance(sim: SimExchangeThread, key: str = KEY, secret: str = SECRET):
-    client = AsyncClient(key, secret)  # plain constructor: no I/O; must run inside the loop
-    client.FUTURES_URL = sim.base_url + "/fapi"
-    client.API_URL = sim.base_url + "/api"
-    try:
-        yield client
-    finally:
-        await client.close_connection()
-
-
-async def api_error(coro) -> BinanceAPIException:
-    with pytest.raises(BinanceAPIException) as info:
-        await coro
-    return info.value
-
-
-async def recv(ws, timeout: float = 10.0) -> dict:
-    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
-
-
-async def assert_silent(ws, seconds: float = 0.5) -> None:
-    with pytest.raises(TimeoutError):
-        await asyncio.wait_for(ws.recv(), seconds)
 
 
 async def signed_raw(sim: SimExchangeThread, method: str, path: str, params: list[tuple[str, str]],

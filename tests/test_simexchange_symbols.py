@@ -6,7 +6,6 @@ prices ÷ 30 on a 0.01 tick, one day later in the data, ETH-like filters)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import json
 import os
@@ -23,14 +22,13 @@ from pathlib import Path
 import pytest
 import websockets
 from binance import AsyncClient
-from binance.exceptions import BinanceAPIException
 from support.paths import MARKET_1M, ROOT
+from support.wire import KEY, SECRET, api_error, assert_silent, binance, recv
 
 from exchange import rules_from_exchange_info
 from history import read_candles
 from simexchange import SimExchangeThread, derived_symbol
 
-KEY, SECRET = "test-key", "test-secret"
 CANDLES = read_candles(MARKET_1M)[:3000]
 DAY_MS = 86_400_000
 
@@ -67,31 +65,6 @@ def state(sim: SimExchangeThread, symbol: str | None = None) -> dict:
     status, reply = call(sim, "/_sim/state" + (f"?symbol={symbol}" if symbol else ""))
     assert status == 200, reply
     return reply
-
-
-@contextlib.asynccontextmanager
-async def binance(sim: SimExchangeThread):
-    client = AsyncClient(KEY, SECRET)  # plain constructor: no I/O; must run inside the loop
-    client.FUTURES_URL = sim.base_url + "/fapi"
-    try:
-        yield client
-    finally:
-        await client.close_connection()
-
-
-async def api_error(coro) -> BinanceAPIException:
-    with pytest.raises(BinanceAPIException) as info:
-        await coro
-    return info.value
-
-
-async def recv(ws, timeout: float = 10.0) -> dict:
-    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
-
-
-async def assert_silent(ws, seconds: float = 0.3) -> None:
-    with pytest.raises(TimeoutError):
-        await asyncio.wait_for(ws.recv(), seconds)
 
 
 def market(client: AsyncClient, symbol: str, side: str, qty: str, **extra):
@@ -254,7 +227,7 @@ def test_one_user_data_stream_carries_every_symbols_events_to_every_connection(s
                 await acontrol(sim, "external_order", {"symbol": "ETHUSDT", "client_id": "autoclose-eth"})
                 await acontrol(sim, "set_position", {"symbol": "ETHUSDT", "amt": "-0.004", "reason": "ADL"})
                 streams = [[await recv(ws) for _ in range(10)] for ws in (first, second)]
-                await assert_silent(first)
+                await assert_silent(first, 0.3)
         return streams
 
     first, second = asyncio.run(main())
@@ -283,7 +256,7 @@ def test_market_streams_serve_each_symbols_trades_and_klines(sim):
             assert (await acontrol(sim, "step", {"ticks": 3, "symbol": "ETHUSDT"}))["emitted_by_symbol"] == {
                 "ETHUSDT": 3}
             only_eth = [await recv(both) for _ in range(7)]  # 3 trades and klines, and the close of a 1m kline
-            await assert_silent(both)
+            await assert_silent(both, 0.3)
             return mixed, eth_trades, only_eth
 
     mixed, eth_trades, only_eth = asyncio.run(main())
@@ -312,7 +285,7 @@ def test_replay_controls_act_on_every_symbol_or_the_one_named(sim):
             await acontrol(sim, "stall", {"on": True, "symbol": "ETHUSDT"})
             await acontrol(sim, "step", {"ticks": 2})
             assert [(await recv(both))["stream"] for _ in range(2)] == ["btcusdt@aggTrade"] * 2
-            await assert_silent(eth_only)
+            await assert_silent(eth_only, 0.3)
             await acontrol(sim, "stall", {"on": False})
             # Bursts and resume for every symbol: both replays run.
             await acontrol(sim, "burst", {"ticks": 3, "every_ms": 60_000})

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import csv
-import gzip
-import os
-import subprocess
-import sys
 from decimal import Decimal
 
 import pytest
 from hypothesis import given
 from hypothesis import settings as settings_
 from hypothesis import strategies as st
-from support.bot import Bot, query, wait_for
+from support.bot import paper_run_and_backtest
 from support.cli import run_bollmin
 from support.lab import settings
-from support.paths import MARKET_1M, ROOT
-from support.sim import ctl
+from support.paths import MARKET_1M
 
 from broker import DEFAULT_RULES, Ledger, OrderSizeError, PaperBroker, SymbolRules, order_qty, paper_broker_from_config
 from engine import Engine, StrategyOptions, VariantEngine, engine_from_config
-from simexchange import SimExchangeThread
 from state import Action, Order, Reason, State
 
 M = 60_000
@@ -164,39 +157,10 @@ def test_funding_file_problems_are_one_line_exit_2(tmp_path):
 @pytest.mark.e2e
 def test_run_and_backtest_make_the_same_transitions_with_variations(tmp_path):
     """Paper `run` and `backtest` with evaluate-on-close, a breakout buffer and a cooldown: same transitions."""
-    rows = []
-    with gzip.open(MARKET_1M, "rt") as fh:
-        reader = csv.reader(fh)
-        header = next(reader)
-        for i, row in enumerate(reader):
-            if i >= 19 + 1440:
-                break
-            rows.append(row)
-    slice_path = tmp_path / "one_day.csv"
-    with open(slice_path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        w.writerows(rows)
     variations = {"EVALUATE_ON": "close", "BREAKOUT_BUFFER_PCT": 0.01, "STOP_COOLDOWN_CANDLES": 2,
                   "BOLL_K": 1.5}
-    with SimExchangeThread(str(slice_path), paused=True, history_candles=19, target_interval="1m", speed=0) as sim:
-        bot = Bot(str(tmp_path), sim.base_url, sim.ws_url, HISTORY_KLINES=19, **variations).start()
-        try:
-            bot.wait_connected()
-            ctl(sim.base_url, "resume")
-            wait_for(lambda: ctl(sim.base_url, "state")["finished"], 180, "the replay to finish")
-            last_tick = int(rows[-1][0]) + 59_999
-            bot.wait_status(lambda s: s.get("price_time_ms") == str(last_tick), 120, "the bot to see the last tick")
-        finally:
-            assert bot.stop() == 0
-    bt_db = tmp_path / "backtest.db"
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "bollmin.py"), "backtest", "--klines", str(slice_path),
-                          "--db", str(bt_db), "--config", bot.config], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    sql = "SELECT time_ms, from_state, to_state, price FROM transitions WHERE cause IN ('tick','backtest') ORDER BY id"
-    live = [tuple(r) for r in query(bot.db, sql)]
-    back = [tuple(r) for r in query(str(bt_db), sql)]
+    run, backtest = paper_run_and_backtest(tmp_path, 1, **variations)
+    live, back = run["transitions"], backtest["transitions"]
     assert len(back) > 20 and live == back
     assert any(r[1] in ("FLAT_ABOVE_UP", "FLAT_BELOW_DN") and r[2] == "FLAT" for r in back), "a skipped entry"
-    orders_sql = "SELECT time_ms, action, reason, fill_price FROM orders ORDER BY id"
-    assert [tuple(r) for r in query(bot.db, orders_sql)] == [tuple(r) for r in query(str(bt_db), orders_sql)]
+    assert run["orders"] == backtest["orders"]

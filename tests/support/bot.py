@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import gzip
 import os
 import signal
 import sqlite3
@@ -11,9 +13,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from simexchange import SimExchangeThread
 from support.env import clean_env
-from support.paths import ROOT
-from support.sim import API_KEY, API_SECRET
+from support.paths import MARKET_1M, ROOT
+from support.sim import API_KEY, API_SECRET, ctl
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
@@ -138,3 +141,46 @@ class Bot:
         rows = query(self.db, "SELECT o.client_order_id AS cid, count(f.id) AS n FROM orders o "
                               "LEFT JOIN fills f ON f.order_id = o.id GROUP BY o.id")
         return {r["cid"]: r["n"] for r in rows}
+
+
+COMPARED = {  # what a paper run and a backtest of the same ticks must agree on, row for row
+    "transitions": "SELECT time_ms, from_state, to_state, price FROM transitions WHERE cause IN ('tick','backtest') "
+                   "ORDER BY id",
+    "orders": "SELECT time_ms, action, reason, fill_price FROM orders ORDER BY id",
+}
+
+
+def paper_run_and_backtest(tmp_path: Any, days: int, **settings: Any) -> tuple[dict, dict]:
+    """The first ``days`` days of the bundled 1m data (after 19 candles of history) through a paper
+    ``run`` against the simulated exchange at full speed, then through ``backtest`` with the same
+    settings: for each, {"transitions": [(time_ms, from_state, to_state, price) of the table's
+    transitions], "orders": [(time_ms, action, reason, fill_price)]}."""
+    rows = []
+    with gzip.open(MARKET_1M, "rt") as fh:
+        reader = csv.reader(fh)
+        header = next(reader)
+        for i, row in enumerate(reader):
+            if i >= 19 + days * 1440:
+                break
+            rows.append(row)
+    slice_path = os.path.join(str(tmp_path), f"{days}_days.csv")
+    with open(slice_path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    with SimExchangeThread(slice_path, paused=True, history_candles=19, target_interval="1m", speed=0) as sim:
+        bot = Bot(str(tmp_path), sim.base_url, sim.ws_url, HISTORY_KLINES=19, **settings).start()
+        try:
+            bot.wait_connected()
+            ctl(sim.base_url, "resume")
+            wait_for(lambda: ctl(sim.base_url, "state")["finished"], 180, "the replay to finish")
+            last_tick = int(rows[-1][0]) + 59_999
+            bot.wait_status(lambda s: s.get("price_time_ms") == str(last_tick), 120, "the bot to see the last tick")
+        finally:
+            assert bot.stop() == 0
+    bt_db = os.path.join(str(tmp_path), "backtest.db")
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bollmin.py"), "backtest", "--klines", slice_path,
+                          "--db", bt_db, "--config", bot.config], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return tuple({name: [tuple(r) for r in query(db, sql)] for name, sql in COMPARED.items()}
+                 for db in (bot.db, bt_db))
