@@ -269,6 +269,14 @@ class Server:
 
 
 @pytest.fixture
+def tab(browser):
+    """A fresh browser tab, closed after the test."""
+    t = Tab(browser)
+    yield t
+    t.close()
+
+
+@pytest.fixture
 def serve(tmp_path):
     servers: list[Server] = []
 
@@ -383,111 +391,103 @@ def canvas_hash(tab: Tab, selector: str) -> str:
 
 # ---- tests ------------------------------------------------------------------------------------------
 
-def test_backtest_db_at_phone_tablet_and_desktop(browser, serve, tmp_path, dashboard_db_factory):
+def test_backtest_db_at_phone_tablet_and_desktop(browser, tab, serve, tmp_path, dashboard_db_factory):
     db_path = _backtest_db(tmp_path, dashboard_db_factory)
     import store
 
     summary = json.loads(store.read_status(store.connect_readonly(db_path))["summary_json"])
     server = serve(db_path)
-    tab = Tab(browser)
-    try:
-        for width, height in VIEWPORTS:
-            tab.viewport(width, height)
-            tab.goto(server.url + "/")
-            tab.until("document.body.dataset.updated && +document.getElementById('price-chart').dataset.drawn > 0"
-                      " && +document.getElementById('equity-chart').dataset.drawn > 0"
-                      " && document.getElementById('trade-rows').dataset.src === 'js'"
-                      " && document.getElementById('event-rows').dataset.src === 'js'", "data and charts")
-            browser.pump(0.5)  # let the charts paint their next frame
-            assert_fits(tab, width)
-            price = painted(tab, "#price-chart")
-            assert price["drawn"] == 300 and price["canvases"] >= 2, price
-            assert price["painted"] > price["pixels"] * 0.05, f"price chart looks empty at {width}px: {price}"
-            for sel in ("#equity-chart", "#daily-chart"):
-                m = painted(tab, sel)
-                assert m["painted"] > m["pixels"] * 0.02, f"{sel} looks empty at {width}px: {m}"
-            shot = tab.screenshot(f"dashboard-backtest-{width}x{height}.png")
-            assert os.path.getsize(shot) > 10_000
-            if width == 360:
-                tab.screenshot("dashboard-backtest-360x740-first-screen.png", full_page=False)
-        page = tab.js("""({state: document.getElementById('state-label').textContent,
-            mode: document.getElementById('mode').textContent,
-            bot: document.getElementById('bot-text').textContent,
-            xssText: [...document.querySelectorAll('#event-rows .msg')].some(
-                e => e.textContent.includes('<script>alert(1)</script>')),
-            scripts: document.querySelectorAll('#event-rows script, #event-rows *[onerror]').length,
-            trades: document.querySelectorAll('#trade-rows tr').length,
-            equityTotal: document.getElementById('eq-paper').textContent,
-            buttonsDisabled: [...document.querySelectorAll('#controls form.ctl button')].every(b => b.disabled)})""")
-        assert page["mode"] == "BACKTEST" and page["bot"] == "回测记录", page
-        from state import LABEL_ZH
+    for width, height in VIEWPORTS:
+        tab.viewport(width, height)
+        tab.goto(server.url + "/")
+        tab.until("document.body.dataset.updated && +document.getElementById('price-chart').dataset.drawn > 0"
+                  " && +document.getElementById('equity-chart').dataset.drawn > 0"
+                  " && document.getElementById('trade-rows').dataset.src === 'js'"
+                  " && document.getElementById('event-rows').dataset.src === 'js'", "data and charts")
+        browser.pump(0.5)  # let the charts paint their next frame
+        assert_fits(tab, width)
+        price = painted(tab, "#price-chart")
+        assert price["drawn"] == 300 and price["canvases"] >= 2, price
+        assert price["painted"] > price["pixels"] * 0.05, f"price chart looks empty at {width}px: {price}"
+        for sel in ("#equity-chart", "#daily-chart"):
+            m = painted(tab, sel)
+            assert m["painted"] > m["pixels"] * 0.02, f"{sel} looks empty at {width}px: {m}"
+        shot = tab.screenshot(f"dashboard-backtest-{width}x{height}.png")
+        assert os.path.getsize(shot) > 10_000
+        if width == 360:
+            tab.screenshot("dashboard-backtest-360x740-first-screen.png", full_page=False)
+    page = tab.js("""({state: document.getElementById('state-label').textContent,
+        mode: document.getElementById('mode').textContent,
+        bot: document.getElementById('bot-text').textContent,
+        xssText: [...document.querySelectorAll('#event-rows .msg')].some(
+            e => e.textContent.includes('<script>alert(1)</script>')),
+        scripts: document.querySelectorAll('#event-rows script, #event-rows *[onerror]').length,
+        trades: document.querySelectorAll('#trade-rows tr').length,
+        equityTotal: document.getElementById('eq-paper').textContent,
+        buttonsDisabled: [...document.querySelectorAll('#controls form.ctl button')].every(b => b.disabled)})""")
+    assert page["mode"] == "BACKTEST" and page["bot"] == "回测记录", page
+    from state import LABEL_ZH
 
-        assert page["state"] in LABEL_ZH.values(), page
-        assert page["xssText"] and page["scripts"] == 0, page
-        assert page["trades"] == 20 and page["buttonsDisabled"], page
-        # The equity curve ends at the backtest's net PnL (realised PnL minus every fee paid).
-        assert page["equityTotal"] == f"{summary['net_pnl_usdt']:+,.2f} USDT", (page, summary)
-        kinds = {b["kind"] for b in banners(tab)}
-        assert "backtest" in kinds
-        assert ("backtest_loss" in kinds) == (summary["net_pnl_usdt"] < 0), (kinds, summary["net_pnl_usdt"])
-        tab.assert_clean()
-    finally:
-        tab.close()
+    assert page["state"] in LABEL_ZH.values(), page
+    assert page["xssText"] and page["scripts"] == 0, page
+    assert page["trades"] == 20 and page["buttonsDisabled"], page
+    # The equity curve ends at the backtest's net PnL (realised PnL minus every fee paid).
+    assert page["equityTotal"] == f"{summary['net_pnl_usdt']:+,.2f} USDT", (page, summary)
+    kinds = {b["kind"] for b in banners(tab)}
+    assert "backtest" in kinds
+    assert ("backtest_loss" in kinds) == (summary["net_pnl_usdt"] < 0), (kinds, summary["net_pnl_usdt"])
+    tab.assert_clean()
 
 
-def test_price_chart_zooms_pans_and_shows_the_crosshair(browser, serve, dashboard_db_factory):
+def test_price_chart_zooms_pans_and_shows_the_crosshair(browser, tab, serve, dashboard_db_factory):
     db_path, _ = dashboard_db_factory("bot.db")
     server = serve(db_path)
-    tab = Tab(browser)
-    try:
-        tab.viewport(1440, 900)
-        tab.goto(server.url + "/")
-        tab.until("+document.getElementById('price-chart').dataset.drawn > 0", "the price chart")
-        browser.pump(0.5)
-        box = tab.js("(() => { const r = document.getElementById('price-chart').getBoundingClientRect();"
-                     " return {x: r.left, y: r.top, w: r.width, h: r.height}; })()")
-        default = tab.js("document.getElementById('chart-readout').textContent")
-        x, y = box["x"] + box["w"] * 0.3, box["y"] + box["h"] * 0.5
+    tab.viewport(1440, 900)
+    tab.goto(server.url + "/")
+    tab.until("+document.getElementById('price-chart').dataset.drawn > 0", "the price chart")
+    browser.pump(0.5)
+    box = tab.js("(() => { const r = document.getElementById('price-chart').getBoundingClientRect();"
+                 " return {x: r.left, y: r.top, w: r.width, h: r.height}; })()")
+    default = tab.js("document.getElementById('chart-readout').textContent")
+    x, y = box["x"] + box["w"] * 0.3, box["y"] + box["h"] * 0.5
 
-        def mouse(kind: str, mx: float, my: float, **extra) -> None:
-            browser.call("Input.dispatchMouseEvent", {"type": kind, "x": mx, "y": my, **extra}, tab.session)
+    def mouse(kind: str, mx: float, my: float, **extra) -> None:
+        browser.call("Input.dispatchMouseEvent", {"type": kind, "x": mx, "y": my, **extra}, tab.session)
 
-        # Crosshair: hovering shows that candle's OHLC and bands, not the last one's.
-        mouse("mouseMoved", x, y)
-        tab.until(f"document.getElementById('chart-readout').textContent !== {json.dumps(default)}", "the readout")
-        hovered = tab.js("document.getElementById('chart-readout').textContent")
-        assert " O " in hovered and " UP " in hovered and hovered != default
-        def redrawn(old: str, what: str) -> str:
-            deadline = time.monotonic() + TIMEOUT
-            while (new := canvas_hash(tab, "#price-chart")) == old:
-                assert time.monotonic() < deadline, what
-                browser.pump(0.2)
-            return new
+    # Crosshair: hovering shows that candle's OHLC and bands, not the last one's.
+    mouse("mouseMoved", x, y)
+    tab.until(f"document.getElementById('chart-readout').textContent !== {json.dumps(default)}", "the readout")
+    hovered = tab.js("document.getElementById('chart-readout').textContent")
+    assert " O " in hovered and " UP " in hovered and hovered != default
+    def redrawn(old: str, what: str) -> str:
+        deadline = time.monotonic() + TIMEOUT
+        while (new := canvas_hash(tab, "#price-chart")) == old:
+            assert time.monotonic() < deadline, what
+            browser.pump(0.2)
+        return new
 
-        before = canvas_hash(tab, "#price-chart")
-        # Zoom: the mouse wheel rescales the time axis (the chart is redrawn).
-        mouse("mouseWheel", x, y, deltaX=0, deltaY=-600)
-        redrawn(before, "the wheel did not zoom the chart")
-        # Pan: dragging to the right brings earlier candles under the same point.
-        readout = "document.getElementById('chart-readout').textContent"
-        mouse("mouseMoved", x, y + 1)
-        browser.pump(0.3)
-        under = tab.js(readout)[:11]  # "MM-DD HH:MM" of the candle under the pointer
-        mouse("mousePressed", x, y, button="left", clickCount=1)
-        for i in range(1, 6):
-            mouse("mouseMoved", x + i * 40, y, button="left", buttons=1)
-        mouse("mouseReleased", x + 200, y, button="left", clickCount=1)
-        mouse("mouseMoved", x, y)
-        tab.until(f"{readout}.slice(0, 11) < {json.dumps(under)}", "earlier candles after dragging to the right")
-        tab.js("document.getElementById('chart-reset').click()")
-        browser.pump(0.3)
-        tab.screenshot("dashboard-chart-1440x900.png", full_page=False)
-        tab.assert_clean()
-    finally:
-        tab.close()
+    before = canvas_hash(tab, "#price-chart")
+    # Zoom: the mouse wheel rescales the time axis (the chart is redrawn).
+    mouse("mouseWheel", x, y, deltaX=0, deltaY=-600)
+    redrawn(before, "the wheel did not zoom the chart")
+    # Pan: dragging to the right brings earlier candles under the same point.
+    readout = "document.getElementById('chart-readout').textContent"
+    mouse("mouseMoved", x, y + 1)
+    browser.pump(0.3)
+    under = tab.js(readout)[:11]  # "MM-DD HH:MM" of the candle under the pointer
+    mouse("mousePressed", x, y, button="left", clickCount=1)
+    for i in range(1, 6):
+        mouse("mouseMoved", x + i * 40, y, button="left", buttons=1)
+    mouse("mouseReleased", x + 200, y, button="left", clickCount=1)
+    mouse("mouseMoved", x, y)
+    tab.until(f"{readout}.slice(0, 11) < {json.dumps(under)}", "earlier candles after dragging to the right")
+    tab.js("document.getElementById('chart-reset').click()")
+    browser.pump(0.3)
+    tab.screenshot("dashboard-chart-1440x900.png", full_page=False)
+    tab.assert_clean()
 
 
-def test_alert_banners_at_phone_tablet_and_desktop(browser, serve, dashboard_db_factory):
+def test_alert_banners_at_phone_tablet_and_desktop(browser, tab, serve, dashboard_db_factory):
     """A reconciliation mismatch, paused entries (resumable from the banner) and stale market data;
     then the bot stops writing its heartbeat."""
     import store
@@ -503,7 +503,6 @@ def test_alert_banners_at_phone_tablet_and_desktop(browser, serve, dashboard_db_
     bot = FakeBot(db_path, fresh_data=False)
     bot.start()
     server = serve(db_path)
-    tab = Tab(browser)
     try:
         for width, height in VIEWPORTS:
             tab.viewport(width, height)
@@ -550,71 +549,61 @@ def test_alert_banners_at_phone_tablet_and_desktop(browser, serve, dashboard_db_
         tab.assert_clean()
     finally:
         bot.stop.set()
-        tab.close()
 
 
-def test_strategy_lab_at_phone_tablet_and_desktop(browser, serve, dashboard_db_factory):
+def test_strategy_lab_at_phone_tablet_and_desktop(browser, tab, serve, dashboard_db_factory):
     db_path, _ = dashboard_db_factory("bot.db")
     sweep = add_sweep(db_path)  # into lab.db beside it, where the dashboard finds it
     server = serve(db_path)
-    tab = Tab(browser)
-    try:
-        for width, height in VIEWPORTS:
-            tab.viewport(width, height)
-            tab.goto(server.url + "/lab")
-            tab.until("+document.getElementById('lab-chart').dataset.drawn > 0", "the equity curves")
-            browser.pump(0.5)
-            assert_fits(tab, width)
-            m = painted(tab, "#lab-chart")
-            assert m["drawn"] == 6 and m["painted"] > m["pixels"] * 0.01, m
-            page = tab.js("""({cells: document.querySelectorAll('table.heat td a').length,
-                rows: document.querySelectorAll('table.rank tbody tr').length,
-                current: document.querySelectorAll('table.heat td.current').length,
-                legend: document.querySelectorAll('#lab-legend li').length})""")
-            # 3 periods x 4 k; the ranking lists every set; the running parameters (20, 2.0) are marked.
-            assert page == {"cells": 12, "rows": 12, "current": 1, "legend": 6}, page
-            tab.screenshot(f"lab-{width}x{height}.png")
-        kinds = [b["kind"] for b in banners(tab)]
-        nets = [r[3] for r in sweep["results"]]
-        current = next(r for r in sweep["results"] if r[1:3] == (20, 2.0))
-        assert ("all_lost" in kinds) == (max(nets) <= 0), (kinds, nets)
-        # The running set is looked at first; its loss is the alert every page shows.
-        assert ("params_loss" in kinds) == (current[3] < 0) and "set_loss" not in kinds, (kinds, current)
-        # A click on a ranking row opens that set: its curve is drawn and its loss is named.
-        worst = min(sweep["results"], key=lambda r: r[3])
-        tab.js(f"document.querySelector('table.rank tbody tr[data-id=\"{worst[0]}\"] td:first-child').click()")
-        tab.until(f"location.search.includes('set={worst[0]}') && document.readyState === 'complete'"
-                  " && +document.getElementById('lab-chart').dataset.drawn > 0", "the chosen set")
-        assert str(worst[0]) in tab.js("document.getElementById('lab-chart').dataset.ids").split(",")
-        text = next(b["text"] for b in banners(tab) if b["kind"] == "set_loss")
-        assert f"周期 {worst[1]}" in text and f"{worst[3]:+,.2f}" in text, text
-        tab.assert_clean()
-    finally:
-        tab.close()
+    for width, height in VIEWPORTS:
+        tab.viewport(width, height)
+        tab.goto(server.url + "/lab")
+        tab.until("+document.getElementById('lab-chart').dataset.drawn > 0", "the equity curves")
+        browser.pump(0.5)
+        assert_fits(tab, width)
+        m = painted(tab, "#lab-chart")
+        assert m["drawn"] == 6 and m["painted"] > m["pixels"] * 0.01, m
+        page = tab.js("""({cells: document.querySelectorAll('table.heat td a').length,
+            rows: document.querySelectorAll('table.rank tbody tr').length,
+            current: document.querySelectorAll('table.heat td.current').length,
+            legend: document.querySelectorAll('#lab-legend li').length})""")
+        # 3 periods x 4 k; the ranking lists every set; the running parameters (20, 2.0) are marked.
+        assert page == {"cells": 12, "rows": 12, "current": 1, "legend": 6}, page
+        tab.screenshot(f"lab-{width}x{height}.png")
+    kinds = [b["kind"] for b in banners(tab)]
+    nets = [r[3] for r in sweep["results"]]
+    current = next(r for r in sweep["results"] if r[1:3] == (20, 2.0))
+    assert ("all_lost" in kinds) == (max(nets) <= 0), (kinds, nets)
+    # The running set is looked at first; its loss is the alert every page shows.
+    assert ("params_loss" in kinds) == (current[3] < 0) and "set_loss" not in kinds, (kinds, current)
+    # A click on a ranking row opens that set: its curve is drawn and its loss is named.
+    worst = min(sweep["results"], key=lambda r: r[3])
+    tab.js(f"document.querySelector('table.rank tbody tr[data-id=\"{worst[0]}\"] td:first-child').click()")
+    tab.until(f"location.search.includes('set={worst[0]}') && document.readyState === 'complete'"
+              " && +document.getElementById('lab-chart').dataset.drawn > 0", "the chosen set")
+    assert str(worst[0]) in tab.js("document.getElementById('lab-chart').dataset.ids").split(",")
+    text = next(b["text"] for b in banners(tab) if b["kind"] == "set_loss")
+    assert f"周期 {worst[1]}" in text and f"{worst[3]:+,.2f}" in text, text
+    tab.assert_clean()
 
 
-def test_lab_without_results_says_how_to_get_them(browser, serve, dashboard_db_factory):
+def test_lab_without_results_says_how_to_get_them(browser, tab, serve, dashboard_db_factory):
     db_path, _ = dashboard_db_factory("bot.db")
     server = serve(db_path)
-    tab = Tab(browser)
-    try:
-        tab.viewport(360, 740)
-        tab.goto(server.url + "/lab")
-        tab.until("document.body.dataset.updated", "the page")
-        assert "sweep --klines" in tab.js("document.getElementById('lab-empty').textContent")
-        assert_fits(tab, 360)
-        tab.screenshot("lab-empty-360x740.png", full_page=False)
-        tab.assert_clean()
-    finally:
-        tab.close()
+    tab.viewport(360, 740)
+    tab.goto(server.url + "/lab")
+    tab.until("document.body.dataset.updated", "the page")
+    assert "sweep --klines" in tab.js("document.getElementById('lab-empty').textContent")
+    assert_fits(tab, 360)
+    tab.screenshot("lab-empty-360x740.png", full_page=False)
+    tab.assert_clean()
 
 
-def test_live_bot_refreshes_controls_and_english(browser, serve, dashboard_db_factory):
+def test_live_bot_refreshes_controls_and_english(browser, tab, serve, dashboard_db_factory):
     db_path, _ = dashboard_db_factory("bot.db")
     bot = FakeBot(db_path)
     bot.start()
     server = serve(db_path)
-    tab = Tab(browser)
     try:
         tab.viewport(360, 740)
         tab.goto(server.url + "/")
@@ -679,43 +668,38 @@ def test_live_bot_refreshes_controls_and_english(browser, serve, dashboard_db_fa
         tab.assert_clean()
     finally:
         bot.stop.set()
-        tab.close()
 
 
-def test_login_form_in_browser(browser, serve, dashboard_db_factory):
+def test_login_form_in_browser(browser, tab, serve, dashboard_db_factory):
     db_path, _ = dashboard_db_factory("bot.db")
     server = serve(db_path, password="correct horse 马")
     assert "correct horse" not in server.log_path.read_text(errors="replace")
-    tab = Tab(browser)
-    try:
-        tab.viewport(360, 740)
-        tab.goto(server.url + "/")
-        tab.until("location.pathname === '/login' && !!document.getElementById('password')", "the login form")
-        assert tab.js("getComputedStyle(document.querySelector('button')).backgroundColor") != "rgba(0, 0, 0, 0)", \
-            "the login page's nonce'd style was blocked"
-        tab.screenshot("login-360x740.png", full_page=False)
-        tab.js("document.getElementById('password').value = 'wrong'; document.querySelector('form').submit()")
-        tab.until("document.readyState === 'complete' && !!document.querySelector('.err')", "the wrong-password note")
-        tab.js("document.getElementById('password').value = 'correct horse 马';"
-               " document.querySelector('form').submit()")
-        tab.until("location.pathname === '/' && document.body.dataset.updated", "the dashboard after login")
-        cookies = browser.call("Network.getCookies", session=tab.session)["cookies"]
-        session_cookie = [c for c in cookies if c["name"] == "bollmin_session"][0]
-        assert session_cookie["httpOnly"] and session_cookie["sameSite"] == "Strict"
-        assert not session_cookie["secure"]  # plain http on loopback; over TLS it is Secure
-        # Signing out ends the session on the server: the same cookie no longer opens anything.
-        tab.js("document.querySelector('form[action=\"/logout\"]').submit()")
-        tab.until("location.pathname === '/login'", "the login page after signing out")
-        header = {"Cookie": f"bollmin_session={session_cookie['value']}"}
-        with pytest.raises(urllib.error.HTTPError) as denied:
-            urllib.request.urlopen(urllib.request.Request(server.url + "/api/status", headers=header), timeout=10)
-        assert denied.value.code == 401
-        # The 401 of the wrong password is a logged resource error; everything else must be clean.
-        tab.dt.events = [m for m in tab.dt.events if not (m.get("method") == "Log.entryAdded"
-                                                          and "401" in m["params"]["entry"].get("text", ""))]
-        tab.assert_clean()
-    finally:
-        tab.close()
+    tab.viewport(360, 740)
+    tab.goto(server.url + "/")
+    tab.until("location.pathname === '/login' && !!document.getElementById('password')", "the login form")
+    assert tab.js("getComputedStyle(document.querySelector('button')).backgroundColor") != "rgba(0, 0, 0, 0)", \
+        "the login page's nonce'd style was blocked"
+    tab.screenshot("login-360x740.png", full_page=False)
+    tab.js("document.getElementById('password').value = 'wrong'; document.querySelector('form').submit()")
+    tab.until("document.readyState === 'complete' && !!document.querySelector('.err')", "the wrong-password note")
+    tab.js("document.getElementById('password').value = 'correct horse 马';"
+           " document.querySelector('form').submit()")
+    tab.until("location.pathname === '/' && document.body.dataset.updated", "the dashboard after login")
+    cookies = browser.call("Network.getCookies", session=tab.session)["cookies"]
+    session_cookie = [c for c in cookies if c["name"] == "bollmin_session"][0]
+    assert session_cookie["httpOnly"] and session_cookie["sameSite"] == "Strict"
+    assert not session_cookie["secure"]  # plain http on loopback; over TLS it is Secure
+    # Signing out ends the session on the server: the same cookie no longer opens anything.
+    tab.js("document.querySelector('form[action=\"/logout\"]').submit()")
+    tab.until("location.pathname === '/login'", "the login page after signing out")
+    header = {"Cookie": f"bollmin_session={session_cookie['value']}"}
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        urllib.request.urlopen(urllib.request.Request(server.url + "/api/status", headers=header), timeout=10)
+    assert denied.value.code == 401
+    # The 401 of the wrong password is a logged resource error; everything else must be clean.
+    tab.dt.events = [m for m in tab.dt.events if not (m.get("method") == "Log.entryAdded"
+                                                      and "401" in m["params"]["entry"].get("text", ""))]
+    tab.assert_clean()
 
 
 def test_waiting_page_turns_live_when_the_bot_starts(browser, serve, tmp_path, dashboard_db_factory):
@@ -749,33 +733,29 @@ def test_waiting_page_turns_live_when_the_bot_starts(browser, serve, tmp_path, d
     assert "bollmin dashboard on http://127.0.0.1:" in server.log_path.read_text()
 
 
-def test_several_instances_switch_at_phone_and_desktop(browser, serve, dashboard_db_factory):
+def test_several_instances_switch_at_phone_and_desktop(browser, tab, serve, dashboard_db_factory):
     """Two bots beside each other (auto_deploy.sh add ETHUSDT): the overview lists both, the header
     switches between them, and every request the page then makes is about the chosen one."""
     btc, _ = dashboard_db_factory("bollmin.db")
     dashboard_db_factory("ETHUSDT.db", status={"symbol": "ETHUSDT", "state": "SHORT", "position_qty": -0.25})
     server = serve(btc)
-    tab = Tab(browser)
-    try:
-        for width, height in ((360, 740), (1440, 900)):
-            tab.viewport(width, height)
-            tab.goto(server.url + "/")
-            tab.until("document.body.dataset.updated", "the page")
-            names = tab.js("[...document.querySelectorAll('#overview-instances tbody tr')]"
-                           ".map(r => r.dataset.instance)")
-            assert names == ["bollmin", "ETHUSDT"], names
-            assert_fits(tab, width)
-            tab.screenshot(f"dashboard-instances-{width}x{height}.png", full_page=False)
-        tab.js("[...document.querySelectorAll('#instances a')].find(a => a.textContent === 'ETHUSDT').click()")
-        tab.until("location.search === '?db=ETHUSDT' && document.readyState === 'complete'", "the ETHUSDT page")
-        tab.until("document.body.dataset.updated", "the ETHUSDT data")
-        assert tab.js("document.querySelector('#instances a.on').textContent") == "ETHUSDT"
-        assert tab.js("document.querySelector('#overview-instances tr.current').dataset.instance") == "ETHUSDT"
-        api = [p["request"]["url"] for p in tab.mine("Network.requestWillBeSent")
-               if "/api/" in p["request"]["url"] and "db=ETHUSDT" in p["request"]["url"]]
-        assert any("/api/status" in u for u in api) and any("/api/candles" in u for u in api), api
-        assert tab.js("document.querySelector('form[data-cmd=pause]').getAttribute('action')") == \
-            "/control/pause?db=ETHUSDT"
-        tab.assert_clean()
-    finally:
-        tab.close()
+    for width, height in ((360, 740), (1440, 900)):
+        tab.viewport(width, height)
+        tab.goto(server.url + "/")
+        tab.until("document.body.dataset.updated", "the page")
+        names = tab.js("[...document.querySelectorAll('#overview-instances tbody tr')]"
+                       ".map(r => r.dataset.instance)")
+        assert names == ["bollmin", "ETHUSDT"], names
+        assert_fits(tab, width)
+        tab.screenshot(f"dashboard-instances-{width}x{height}.png", full_page=False)
+    tab.js("[...document.querySelectorAll('#instances a')].find(a => a.textContent === 'ETHUSDT').click()")
+    tab.until("location.search === '?db=ETHUSDT' && document.readyState === 'complete'", "the ETHUSDT page")
+    tab.until("document.body.dataset.updated", "the ETHUSDT data")
+    assert tab.js("document.querySelector('#instances a.on').textContent") == "ETHUSDT"
+    assert tab.js("document.querySelector('#overview-instances tr.current').dataset.instance") == "ETHUSDT"
+    api = [p["request"]["url"] for p in tab.mine("Network.requestWillBeSent")
+           if "/api/" in p["request"]["url"] and "db=ETHUSDT" in p["request"]["url"]]
+    assert any("/api/status" in u for u in api) and any("/api/candles" in u for u in api), api
+    assert tab.js("document.querySelector('form[data-cmd=pause]').getAttribute('action')") == \
+        "/control/pause?db=ETHUSDT"
+    tab.assert_clean()
