@@ -188,6 +188,23 @@ class Tab:
         self.dt.call("Target.disposeBrowserContext", {"browserContextId": self.context})
 
 
+def click_and_confirm(browser, tab: Tab, selector: str, db_path: str) -> list[tuple]:
+    """Click a button that asks confirm(), accept it, and return the commands table's rows
+    (id, command, status) once the dashboard has written one (or after TIMEOUT)."""
+    # Clicked from a timer: confirm() blocks the page, and so would a synchronous evaluate.
+    tab.js(f"setTimeout(() => document.querySelector({json.dumps(selector)}).click(), 0)")
+    dialog = browser.wait_event("Page.javascriptDialogOpening", tab.session)
+    assert dialog["type"] == "confirm"
+    browser.call("Page.handleJavaScriptDialog", {"accept": True}, tab.session)
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        with sqlite3.connect(db_path) as conn:
+            rows = conn.execute("SELECT id, command, status FROM commands").fetchall()
+        if rows or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.2)
+
+
 def _read(path: str) -> str:
     with open(path) as fh:
         return fh.read()
@@ -519,18 +536,8 @@ def test_alert_banners_at_phone_tablet_and_desktop(browser, tab, serve, dashboar
             assert_fits(tab, width)
             tab.screenshot(f"dashboard-alerts-{width}x{height}.png", full_page=False)
         # Resume from the banner: confirm, then a command for the bot.
-        tab.js("setTimeout(() => document.querySelector('#alerts [data-kind=paused] button').click(), 0)")
-        dialog = browser.wait_event("Page.javascriptDialogOpening", tab.session)
-        assert dialog["type"] == "confirm"
-        browser.call("Page.handleJavaScriptDialog", {"accept": True}, tab.session)
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            with sqlite3.connect(db_path) as conn:
-                rows = conn.execute("SELECT command, status FROM commands").fetchall()
-            if rows or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        assert rows == [("resume", "pending")]
+        rows = click_and_confirm(browser, tab, "#alerts [data-kind=paused] button", db_path)
+        assert [r[1:] for r in rows] == [("resume", "pending")]
         # Dismissing the reconciliation alert keeps it away after a reload.
         tab.js("document.querySelector('#alerts [data-kind=reconcile] button.dismiss').click()")
         tab.goto(server.url + "/")
@@ -619,18 +626,7 @@ def test_live_bot_refreshes_controls_and_english(browser, tab, serve, dashboard_
         tab.screenshot("dashboard-bot-360x740-first-screen.png", full_page=False)
 
         # "Pause entries": confirm dialog, then a CSRF-protected POST queues the command.
-        # (clicked from a timer: confirm() blocks the page, and so would a synchronous evaluate)
-        tab.js("setTimeout(() => document.querySelector('#controls form.ctl[data-cmd=pause] button').click(), 0)")
-        dialog = browser.wait_event("Page.javascriptDialogOpening", tab.session)
-        assert dialog["type"] == "confirm"
-        browser.call("Page.handleJavaScriptDialog", {"accept": True}, tab.session)
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            with sqlite3.connect(db_path) as conn:
-                rows = conn.execute("SELECT id, command, status FROM commands").fetchall()
-            if rows or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        rows = click_and_confirm(browser, tab, "#controls form.ctl[data-cmd=pause] button", db_path)
         assert [r[1:] for r in rows] == [("pause", "pending")]
         tab.until("document.getElementById('commands').textContent.includes('待执行')", "the pending command")
         import store
