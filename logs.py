@@ -8,11 +8,13 @@ INFO and above into the DB's ``events`` table (through the DB writer).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import logging.handlers
 import os
 import queue
 import sys
+import threading
 
 import store as db
 from config import Config, mask_secrets
@@ -78,14 +80,59 @@ class EventsHandler(logging.Handler):
             self.handleError(record)
 
 
+LOOP_LINE_DELAY_S = 0.003  # lines logged on the event loop reach the logging thread this much later
+
+
+class _Front(logging.handlers.QueueHandler):
+    """The one handler on the root logger: masks secrets and queues the line for the logging thread.
+
+    Lines logged on the bot's event loop (``bind_event_loop``) are handed over together
+    LOOP_LINE_DELAY_S later instead of one by one: a transition's or a fill's log line then
+    does not wake the logging thread (and, through ``EventsHandler``, the DB writer) in the
+    middle of the order it announces — on 2 cores those threads compete with the order's
+    own way for the CPU and the GIL (BENCHMARKS.md, tick-to-order latency). Each line keeps
+    the time it was logged at; lines from other threads go at once. ``stop_logging`` hands
+    over whatever is still held.
+    """
+
+    def __init__(self, lines: queue.SimpleQueue[logging.LogRecord]) -> None:
+        super().__init__(lines)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._held: list[logging.LogRecord] = []
+        self._scheduled = False
+
+    def bind(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.hand_over()
+        self._loop, self._loop_thread = loop, threading.get_ident()
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        loop = self._loop
+        if loop is not None and threading.get_ident() == self._loop_thread and loop.is_running():
+            self._held.append(record)
+            if not self._scheduled:
+                self._scheduled = True
+                loop.call_later(LOOP_LINE_DELAY_S, self.hand_over)
+            return
+        self.queue.put_nowait(record)
+
+    def hand_over(self) -> None:
+        """Hand the held lines to the logging thread, in the order they were logged."""
+        self._scheduled = False
+        held, self._held = self._held, []
+        for record in held:
+            self.queue.put_nowait(record)
+
+
 _listener: logging.handlers.QueueListener | None = None
+_front: _Front | None = None
 _secret_filter: SecretFilter | None = None
 
 
 def setup_logging(cfg: Config) -> None:
     """Log lines go through a queue to a thread that writes stderr and the rotating file, so
     no log call on the event loop waits for I/O. Secrets are masked before a line is queued."""
-    global _listener, _secret_filter
+    global _listener, _front, _secret_filter
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
@@ -103,7 +150,7 @@ def setup_logging(cfg: Config) -> None:
     for h in handlers:
         h.setFormatter(fmt)
     lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    front = logging.handlers.QueueHandler(lines)
+    front = _front = _Front(lines)
     _secret_filter = SecretFilter([cfg.API_KEY, cfg.API_SECRET, cfg.DASHBOARD_PASSWORD])
     front.addFilter(_secret_filter)
     root.addHandler(front)
@@ -128,9 +175,18 @@ def remove_log_handler(handler: logging.Handler) -> None:
         logging.getLogger().removeHandler(handler)
 
 
+def bind_event_loop(loop: asyncio.AbstractEventLoop | None) -> None:
+    """Lines logged on ``loop``'s thread while it runs are handed over in batches (see _Front);
+    None ends that and hands over what is held."""
+    if _front is not None:
+        _front.bind(loop)
+
+
 def stop_logging() -> None:
     """Write out every queued log line (at exit)."""
     global _listener
+    if _front is not None:
+        _front.hand_over()
     if _listener is not None:
         _listener.stop()
         _listener = None

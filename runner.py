@@ -63,7 +63,7 @@ from feed import Connection, Feed, KlineClose, Trade, stream_url
 from heartbeat import heartbeat, status_values
 from history import Candle, interval_ms
 from livebroker import OrderDriver
-from logs import EventsHandler, add_log_handler, remove_log_handler, setup_logging, stop_logging
+from logs import EventsHandler, add_log_handler, bind_event_loop, remove_log_handler, setup_logging, stop_logging
 from state import Action, Order, Reason, State
 from supervisor import EXIT_ACCOUNT, EXIT_CRASH, EXIT_OK, EXIT_USAGE, supervise, supervised_child
 from userstream import UserStream
@@ -98,6 +98,7 @@ class Bot:
             restored = State.FLAT
         closes = self._call_sync(lambda s: db.read_candles(s.conn, cfg.SYMBOL, cfg.INTERVAL, cfg.BOLL_PERIOD - 1))
         self._next_tid = self._call_sync(lambda s: db.next_transition_id(s.conn))
+        self._wake_pending = False  # a writer wake-up is scheduled on the event loop (post_urgent)
         self.engine = Engine.from_config(cfg, self.step_ms, restored,
                                          [c.close for c in closes], closes[-1].open_time_ms if closes else None)
         self.paused = status.get("entries_paused") == "1"
@@ -143,8 +144,20 @@ class Bot:
         return await asyncio.wrap_future(self.writer.submit(fn, *args, urgent=True, **kwargs))
 
     def post_urgent(self, fn, *args: Any, **kwargs: Any) -> None:
-        """Run ``fn(store, ...)`` on the writer's priority lane without waiting."""
-        self.writer.post(fn, *args, urgent=True, **kwargs)
+        """Run ``fn(store, ...)`` on the writer's priority lane without waiting.
+
+        The writer is woken on the event loop's next turn, not now: an order's intent queued
+        in between (the executor runs first when a transition queued a job; a reversal's open
+        follows its close's fill in the same step) then shares one commit and one thread
+        hand-off with this row instead of waiting behind its commit (BENCHMARKS.md)."""
+        self.writer.post(fn, *args, urgent=True, wake=False, **kwargs)
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._loop.call_soon(self._wake_writer)
+
+    def _wake_writer(self) -> None:
+        self._wake_pending = False
+        self.writer.wake()
 
     def new_transition_id(self) -> int:
         tid = self._next_tid
@@ -322,13 +335,15 @@ class Bot:
             if timing.ON:
                 timing.mark("decided", tr.time_ms)
             legs, refused = self.executor.plan(tr.price, orders)
-            self.post_urgent(record_transition, tr, [], db_id=self.db_id, symbol=self.cfg.SYMBOL, paper=False,
-                             ledger=None, transition_id=tid)
             if legs:
                 self.executor.submit(Job(tid, tr.time_ms, tr.price, legs, time.monotonic()))
                 self._orders_queued = True
-                if timing.ON:
-                    timing.mark("queued", tid)
+            # Queued after the job, so the writer's wake-up comes after the executor's turn: the row
+            # then shares the intent's commit (the executor writes nothing before its turn).
+            self.post_urgent(record_transition, tr, [], db_id=self.db_id, symbol=self.cfg.SYMBOL, paper=False,
+                             ledger=None, transition_id=tid)
+            if legs and timing.ON:
+                timing.mark("queued", tid)
         b = tr.bands  # logged after the orders are on their way: the log line must not delay them
         log.info("%s -> %s at %s (UP %.2f MID %.2f DN %.2f)", tr.from_state, tr.to_state, tr.price, b.up, b.mid, b.dn)
         # An entry left out leaves the strategy FLAT (a reversal's close still goes), as in the backtest.
@@ -423,6 +438,7 @@ class Bot:
 
     async def run(self) -> int:
         loop = self._loop = asyncio.get_running_loop()
+        bind_event_loop(loop)
         self.writer.on_damaged = self._db_damaged
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
@@ -498,6 +514,7 @@ class Bot:
         if self.exchange is not None:
             await self.exchange.close()
         await asyncio.to_thread(self.notifier.stop, max(min(deadline - time.monotonic(), 5.0), 0.5))
+        bind_event_loop(None)  # the lines still held go out now, while the events table still takes them
         remove_log_handler(self.events)
         if not self.writer.close(timeout=max(deadline - time.monotonic(), 0.5)):
             log.error("the database writer did not finish in time")

@@ -81,12 +81,16 @@ def steps_from_timing(marks: list[tuple[str, Any, int]], sim: bb.TimedSim, first
                at.get("committed", {}).get(cid), at.get("send", {}).get(cid), arrived.get(cid)],
               latency_report.STEP_KEYS, first_out)
     open_out: dict[str, list[float]] = {}
+    own: list[float] = []  # from the close's answer (in the bot) to the open's arrival: the bot's own part
     for cid, (r, close) in opens.items():
         ccid = close["client_order_id"]
-        chain([sent.get(r["time_ms"]), at.get("answered", {}).get(ccid), at.get("commit", {}).get(cid),
+        answered = at.get("answered", {}).get(ccid)
+        chain([sent.get(r["time_ms"]), answered, at.get("commit", {}).get(cid),
                at.get("committed", {}).get(cid), at.get("send", {}).get(cid), arrived.get(cid)],
               latency_report.OPEN_STEP_KEYS, open_out)
-    return {"first": first_out, "open": open_out}
+        if answered is not None and cid in arrived:
+            own.append((arrived[cid] - answered) / 1e6)
+    return {"first": first_out, "open": open_out, "open_own": own}
 
 
 async def latency_run(workdir: str, args: argparse.Namespace, crossings: int, log: Any, *, product: str = bb.ROOT,
@@ -158,6 +162,7 @@ async def latency_run(workdir: str, args: argparse.Namespace, crossings: int, lo
                filled=sum(r["status"] == "filled" for r in rows), db_busy=bot.count_lines("database busy"),
                bot_cpu=out["bot_cpu_s"] / out["replay_s"] * 100,
                steps=steps_from_timing(bot.timing_marks(), sim, firsts, opens) if timing else {})
+    out["open_own"] = out["steps"].pop("open_own", [])
     return out
 
 

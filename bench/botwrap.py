@@ -8,9 +8,10 @@
 parse each message with the standard library's ``json.loads`` instead of ``orjson.loads`` (what
 the product used before orjson; everything else is unchanged), so the benchmarks can show what
 orjson still buys.
-``BENCH_SWITCH_INTERVAL_S=S``: ``sys.setswitchinterval(S)`` (how long a thread may wait for the
-GIL; CPython's default is 0.005 s). The product's files are not edited; its tree is the
-directory of the ``bollmin.py`` given.
+``BENCH_SWITCH_INTERVAL_S=S``: the bot sets ``sys.setswitchinterval(S)`` instead of its own
+``runner.SWITCH_INTERVAL_S`` (0.0005 s; how long a thread may wait for the GIL; CPython's
+default is 0.005 s). The product's files are not edited; its tree is the directory of the
+``bollmin.py`` given.
 """
 
 from __future__ import annotations
@@ -42,10 +43,12 @@ def main(argv: list[str]) -> int:
         stdlib = types.SimpleNamespace(loads=json.loads, JSONDecodeError=json.JSONDecodeError)
         feed.orjson = userstream.orjson = stdlib
     if os.environ.get("BENCH_SWITCH_INTERVAL_S"):
-        sys.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL_S"]))
+        import runner
+
+        runner.SWITCH_INTERVAL_S = float(os.environ["BENCH_SWITCH_INTERVAL_S"])  # run_bot sets it
     swapped = [name for name, on in (("uvloop event loop", os.environ.get("BENCH_UVLOOP") == "1"),
                                      ("stdlib json in the streams", os.environ.get("BENCH_STDJSON") == "1"),
-                                     (f"switch interval {sys.getswitchinterval()} s",
+                                     (f"switch interval {os.environ.get('BENCH_SWITCH_INTERVAL_S')} s",
                                       bool(os.environ.get("BENCH_SWITCH_INTERVAL_S")))) if on]
     sys.stderr.write(f"botwrap: {', '.join(swapped) or 'nothing swapped'}\n")
     sys.argv = [script, *argv[1:]]

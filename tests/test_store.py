@@ -446,3 +446,59 @@ def test_a_database_that_breaks_while_running_is_reported_once_as_damaged(tmp_pa
         w.close()
     assert len(damaged) == 1 and "is damaged" in damaged[0] and "move" in damaged[0]
     assert str(tmp_path / "d.db") in damaged[0]
+
+
+def test_a_post_without_wake_waits_and_then_shares_the_next_writes_commit(tmp_path):
+    """How the bot records a transition or a fill: queued without waking the writer, so the
+    order intent that follows is committed with it (one commit, one thread hand-off)."""
+    path = str(tmp_path / "w.db")
+    w = Writer(path)
+    statements: list[str] = []
+    try:
+        w.submit(lambda s: s.conn.set_trace_callback(statements.append)).result(timeout=10)
+        statements.clear()
+        w.post(_event, "transition", urgent=True, wake=False)
+        time.sleep(0.3)
+        reader = sqlite3.connect(path)
+        assert reader.execute("SELECT count(*) FROM events").fetchone()[0] == 0, "not woken: not written yet"
+        w.submit(_event, "intent", urgent=True).result(timeout=10)
+        assert [r[0] for r in reader.execute("SELECT message FROM events ORDER BY id")] == ["transition", "intent"]
+        assert sum(s == "COMMIT" for s in statements) == 1, "one transaction for both"
+        w.post(_event, "fill", urgent=True, wake=False)
+        w.wake()  # what the bot does on the event loop's next turn
+        deadline = time.monotonic() + 10
+        while reader.execute("SELECT count(*) FROM events").fetchone()[0] < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert reader.execute("SELECT message FROM events ORDER BY id DESC").fetchone()[0] == "fill"
+        reader.close()
+    finally:
+        assert w.close()
+
+
+def test_checkpoints_run_beside_the_writer(tmp_path):
+    """The WAL is copied into the file by the checkpoint thread (every CHECKPOINT_EVERY_S), not
+    inside the writer's commits: the writer's own automatic checkpoint is only a fallback."""
+    path = str(tmp_path / "c.db")
+    w = Writer(path)
+    try:
+        assert w.submit(lambda s: s.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]).result(10) \
+            == store.WAL_FALLBACK_PAGES
+        for i in range(200):
+            w.post(_event, f"e{i}")
+        w.submit(lambda s: None).result(timeout=10)
+        copy = tmp_path / "copy.db"
+        deadline = time.monotonic() + store.CHECKPOINT_EVERY_S * 10
+        found = 0
+        while time.monotonic() < deadline and found < 200:
+            time.sleep(store.CHECKPOINT_EVERY_S / 2)
+            shutil.copyfile(path, copy)  # the main file alone, without its WAL
+            conn = sqlite3.connect(copy)
+            try:
+                found = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+            except sqlite3.OperationalError:  # not even the schema is in the main file yet
+                found = 0
+            conn.close()
+            copy.unlink()
+        assert found == 200, "the main file holds every write while the writer is still open"
+    finally:
+        assert w.close()
