@@ -133,6 +133,7 @@ async def latency_run(workdir: str, args: argparse.Namespace, crossings: int, lo
             await dash.mark()
             out["dashboard"] = dash.summary()
         out["others"] = meter.stop()
+        out["steal"] = meter.steal
         out["bot_cpu_s"] = bot.cpu()[0] - cpu0
         out["bench_cpu"] = (bb.own_cpu_s() - me0) / span * 100
         out["replay_s"] = span

@@ -330,6 +330,11 @@ def busy_s() -> float:
     return sum(t) - t.idle - getattr(t, "iowait", 0.0)
 
 
+def steal_s() -> float:
+    """CPU seconds the hypervisor gave this machine's cores to others (0 on bare metal)."""
+    return getattr(psutil.cpu_times(), "steal", 0.0)
+
+
 def own_cpu_s() -> float:
     t = psutil.Process().cpu_times()
     return t.user + t.system
@@ -346,12 +351,16 @@ class LoadMeter:
     def _ours(self) -> float:
         return own_cpu_s() + sum(b.cpu()[0] for b in self.bots if b.alive())
 
+    steal = 0.0  # of which the hypervisor gave this machine's CPUs to other machines, % of one core
+
     def start(self, *bots: BotProcess) -> None:
         self.bots = list(bots)
         self._t0, self._busy0, self._ours0 = time.monotonic(), busy_s(), self._ours()
+        self._steal0 = steal_s()
 
     def stop(self) -> float:
         span = max(time.monotonic() - self._t0, 1e-9)
+        self.steal = max(steal_s() - self._steal0, 0.0) / span * 100
         return max(busy_s() - self._busy0 - (self._ours() - self._ours0), 0.0) / span * 100
 
 
