@@ -243,8 +243,10 @@ def dashboard_text(cur: dict[str, Any], ld: dict[str, Any], ctl: dict[str, Any])
                     f"{_ms(xo['p99'])} | {dd.get('rps', 0):,.0f} | {dd.get('dash_cpu', 0):.0f} / "
                     f"{dd.get('load_cpu', 0):.0f} / {r['bot_cpu']:.0f} / {rest:.0f} |")
     text = (f"**Dashboard hammered.** A fresh current bot, while the real dashboard (`python dashboard.py`, reading "
-            f"that bot's DB read-only) served {d.get('threads', 4)} keep-alive clients of `bench/dashboard_load.py` "
-            f"(a process of its own) back to back: {d.get('requests', 0):,} requests in {d.get('seconds', 0):.0f} s, "
+            f"that bot's DB read-only, in the idle scheduling class as `bollmin-dashboard.service` runs it) served "
+            f"{d.get('threads', 4)} keep-alive clients of `bench/dashboard_load.py` (a process of its own, also in "
+            f"the idle class: it stands in for browsers on other machines) back to back: "
+            f"{d.get('requests', 0):,} requests in {d.get('seconds', 0):.0f} s, "
             f"{d.get('errors', 0)} errors; \"database busy\" lines in the bot's log: {ld.get('db_busy', 0)}. "
             f"First order p50 / p99 {_ms(s['p50'])} / {_ms(s['p99'])} ms, reversal open {_ms(so['p50'])} / "
             f"{_ms(so['p99'])} ms. The dashboard and the bot share nothing but the SQLite file (WAL: readers never "

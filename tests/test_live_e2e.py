@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import gzip
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -261,14 +263,37 @@ def test_paper_mode_opens_no_user_data_stream(sim, tmp_path):
     assert ctl(sim.base_url, "state")["user_clients"] == 0
 
 
+def _empty_wal_and_fill(bot: Bot, filler) -> None:
+    """Empty the bot's WAL (a TRUNCATE checkpoint) and fill the disk while the bot is stopped
+    (SIGSTOP), so that nothing it writes in between finds room again."""
+    pid = bot.proc.pid
+    for _ in range(50):
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            conn = sqlite3.connect(bot.db, timeout=0.2)
+            try:
+                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            except sqlite3.OperationalError:  # stopped inside a write: let it finish
+                busy = 1
+            finally:
+                conn.close()
+            if not busy and os.path.getsize(bot.db + "-wal") == 0:
+                subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)
+                return
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(0.1)
+    raise AssertionError("could not empty the bot's WAL")
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs (needs root; CI runs as root)")
 def test_a_full_disk_while_trading_sends_late_closes_but_no_stale_entry(sim, tmp_path):
     """Orders are recorded before they are sent, so a full disk stops them; when space returns,
     a close decided meanwhile still goes out (late, loudly), an entry that went stale does not.
 
-    SQLite reuses the WAL's space once a checkpoint has copied it into the file, so the first
-    writes after the disk filled may still fit: what counts is that nothing goes out once
-    writes fail, and that every order the exchange saw was recorded."""
+    SQLite reuses the WAL's space once a checkpoint has copied it into the file, so the disk is
+    filled with the WAL emptied first (``_empty_wal_and_fill``): the bot's next write needs
+    space it cannot get."""
     disk = tmp_path / "disk"
     disk.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], check=True)
@@ -280,14 +305,13 @@ def test_a_full_disk_while_trading_sends_late_closes_but_no_stale_entry(sim, tmp
         try:
             bot.wait_connected()
             _quiet_with_a_position(sim, bot)
-            filler = disk / "filler"
-            subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)
-            ctl(sim.base_url, "step", {"ticks": 400})  # the market moves on: decisions pile up
-            wait_for(lambda: "database busy or full" in bot.log_text(), 30, "writes to fail on the full disk")
-            time.sleep(0.5)  # an order committed just before the disk refused is on its way
             posts_before = len(ctl(sim.base_url, "orders"))
+            filler = disk / "filler"
+            _empty_wal_and_fill(bot, filler)
+            ctl(sim.base_url, "step", {"ticks": 400})  # the market moves on: decisions pile up
             time.sleep(4)  # longer than MAX_ENTRY_DELAY_SECONDS
-            assert len(ctl(sim.base_url, "orders")) == posts_before, "nothing goes out while nothing can be recorded"
+            assert len(ctl(sim.base_url, "orders")) == posts_before, "nothing goes out unrecorded"
+            assert "database busy or full" in bot.log_text()
             filler.unlink()
             wait_for(lambda: "not sent" in bot.log_text(), 30, "the stale entry to be dropped")
             amt = float(ctl(sim.base_url, "state")["position"]["amt"])
