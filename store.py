@@ -903,6 +903,7 @@ class Writer:
         self._checkpointer: threading.Thread | None = None
         try:
             ckpt = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            ckpt.execute("PRAGMA cache_size = -64")  # it copies WAL frames; it needs no page cache
         except sqlite3.Error as exc:  # the writer keeps SQLite's own checkpoints
             log.warning("database checkpoints: cannot open a second connection to %s (%s); the writer "
                         "checkpoints itself", path, exc)
