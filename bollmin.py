@@ -30,7 +30,7 @@ import sys
 from collections.abc import Sequence
 
 import store
-from config import ENV_SECRETS, SECRET_NAMES, SETTINGS, ConfigError, env, load_config, mask_secrets, masked
+from config import ENV_SECRETS, SETTINGS, ConfigError, env, load_config, mask_secrets, masked, secret_texts
 from history import HistoryError
 from store import StoreError
 from supervisor import EXIT_CRASH, EXIT_OK, EXIT_USAGE
@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load(path: str | None):
     cfg = load_config(path)
-    _SECRETS[:] = [getattr(cfg, name) for name in SECRET_NAMES]
+    _SECRETS[:] = secret_texts(cfg)
     return cfg
 
 

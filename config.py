@@ -34,7 +34,7 @@ import re
 import reprlib
 import stat
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlparse
 
@@ -624,15 +624,16 @@ def load_config(path: str | None = None, env: dict[str, str] | None = None) -> C
     try:
         return _build(values, path or "defaults")
     except ConfigError as err:  # another setting may hold a secret's text (SYMBOL = the key, by mistake)
-        raise ConfigError(mask_secrets(str(err), _secret_texts(values))) from None
+        raise ConfigError(mask_secrets(str(err), secret_texts(values))) from None
 
 
-def _secret_texts(values: dict[str, Any]) -> list[str]:
-    """The texts of every secret setting in ``values`` (each notification URL too), also in upper
-    case (a message may suggest the upper-case form of a mistyped value)."""
+def secret_texts(source: Config | Mapping[str, Any]) -> list[str]:
+    """The texts of every secret setting of a config or of raw setting values: each notification
+    URL on its own, and each also in upper case (a message may suggest the upper-case form of a
+    mistyped value). What the logs, the command line's error lines and settings errors mask."""
     texts: list[str] = []
     for name in SECRET_NAMES:
-        value = values.get(name)
+        value = source.get(name) if isinstance(source, Mapping) else getattr(source, name, None)
         items = value if isinstance(value, (list, tuple)) else [value]
         texts += [t for v in items if isinstance(v, str) for t in (v, v.upper())]
     return texts

@@ -17,7 +17,7 @@ import sys
 import threading
 
 import store as db
-from config import Config, mask_secrets
+from config import Config, mask_secrets, secret_texts
 
 
 class SecretFilter(logging.Filter):
@@ -151,7 +151,7 @@ def setup_logging(cfg: Config) -> None:
         h.setFormatter(fmt)
     lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     front = _front = _Front(lines)
-    _secret_filter = SecretFilter([cfg.API_KEY, cfg.API_SECRET, cfg.DASHBOARD_PASSWORD])
+    _secret_filter = SecretFilter(secret_texts(cfg))
     front.addFilter(_secret_filter)
     root.addHandler(front)
     _listener = logging.handlers.QueueListener(lines, *handlers, respect_handler_level=True)

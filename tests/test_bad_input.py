@@ -899,6 +899,27 @@ def test_a_long_secret_is_masked_in_messages_tracebacks_and_the_events_table(tmp
     assert len(rows) == 2 and not any(SECRET in r for r in rows)
 
 
+def test_an_error_line_masks_every_notification_url_however_many(tmp_path):
+    """Each NOTIFY_URLS entry is a secret of its own in error lines and log lines (the list as a
+    whole once broke the error line of a config with four of them)."""
+    urls = [f"json://127.0.0.1:9/{i}Tok{SECRET}" for i in range(4)]
+    path = settings_file(tmp_path, f"NOTIFY_URLS = {urls!r}\n")
+    missing = tmp_path / "none.db"
+    line = checked_run(tmp_path, "trades", "--config", path, "--db", str(missing), words=("none.db",))
+    assert SECRET not in line
+    import logs
+    from config import load_config
+
+    log_file = tmp_path / "bot.log"
+    cfg = load_config(settings_file(tmp_path, f"LOG_FILE = {str(log_file)!r}\nNOTIFY_URLS = {urls!r}\n",
+                                    name="log-settings.py"), env={})
+    with _saved_logging():
+        logs.setup_logging(cfg)
+        logging.getLogger("bollmin").warning("sending to %s failed", urls[3])
+    text = log_file.read_text()
+    assert "sending to *** failed" in text and SECRET not in text
+
+
 def test_mask_secrets_rules():
     m = config.mask_secrets
     assert m("a abcdefgh b xabcdefghx", ["abcdefgh"]) == "a *** b x***x"
