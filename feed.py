@@ -219,9 +219,10 @@ class Feed:
         """Parse one message and pass clean data on; drop anything else with a log line. Returns
         what ``on_event`` returned (True: yield before the next message).
 
-        orjson parses the stream (measured in BENCHMARKS.md: ~10-35 % less CPU per message and a
-        shorter tick-to-order p99 than ``json``); it rejects what ``json`` would have let through
-        only where the message was bad anyway (NaN literals, integers beyond 64 bits)."""
+        orjson parses the stream (measured in BENCHMARKS.md: 20-35 % less CPU per message than
+        ``json`` at saturation; at the latency bench's pace its gain is within the noise of a
+        shared machine); it rejects what ``json`` would have let through only where the message
+        was bad anyway (NaN literals, integers beyond 64 bits)."""
         try:
             msg = orjson.loads(raw)
             data = msg.get("data", msg) if isinstance(msg, dict) else None

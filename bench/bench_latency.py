@@ -18,11 +18,13 @@ Bots measured, in ``--rounds`` interleaved rounds (order reversed every other ro
 machine's noise hits all of them: the product at ``--baseline`` (default 106a7ce, before the order
 executor; ``git archive`` into a temp dir, removed afterwards), the current tree, and the current
 tree through ``bench/botwrap.py`` on uvloop, and with stdlib json instead of orjson, and (a diagnostic)
-with a 0.5 ms GIL switch interval instead of CPython's 5 ms: does the tail wait for the GIL? Then the current
-bot with the dashboard hammered by ``bench/dashboard_load.py``, and a control run with the same
-clients on ``/healthz`` (no SQLite). Where the time goes comes from the product's own timing probes
-(``BOLLMIN_TIMING``), on in every run of the current tree (a list append per point).
-About 13 minutes on a quiet 2-core machine; each run waits for one first (``--wait-quiet``).
+with CPython's 5 ms GIL switch interval instead of the bot's 0.5 ms: does the tail wait for the GIL?
+And, in the same rounds, the current bot with the dashboard hammered by ``bench/dashboard_load.py``
+("loaded"), and a control run with the same clients on ``/healthz`` (no SQLite): each round has a
+plain run of the same bot to compare with, under the same machine noise. Where the time goes comes
+from the product's own timing probes (``BOLLMIN_TIMING``), on in every run of the current tree (a
+list append per point).
+About 15 minutes on a quiet 2-core machine; each run waits for one first (``--wait-quiet``).
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ import botbench as bb
 import common
 import latency_report
 
-VARIANTS = ("baseline", "current", "uvloop", "stdjson", "switch")
-CONTROL_PATHS = ("/healthz",)  # Flask and JSON, no SQLite
+VARIANTS = ("baseline", "current", "uvloop", "stdjson", "switch", "loaded", "control")
+# the dashboard's load in the runs that have one: () = dashboard_load.py's own routes
+LOAD_PATHS: dict[str, tuple[str, ...]] = {"loaded": (), "control": ("/healthz",)}  # control: Flask and JSON, no SQLite
 
 
 def first_and_open(rows: list[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -173,7 +176,7 @@ async def measure(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     res: dict[str, Any] = {"machine": common.machine(), "date": time.strftime("%Y-%m-%d", time.gmtime()),
                            "loadavg": os.getloadavg(), "speed": args.speed, "rounds": args.rounds,
                            "baseline": {"ref": args.baseline, "short": short, "subject": subject},
-                           "runs": [], "loaded": {}, "control": {}}
+                           "runs": []}
     per_run = max(args.crossings // args.rounds, 1)
     baseline = bb.product_at(args.baseline) if "baseline" in args.variants else contextlib.nullcontext(bb.ROOT)
     with tempfile.TemporaryDirectory(prefix="bollmin-bench-latency-") as tmp, baseline as old:
@@ -187,9 +190,10 @@ async def measure(args: argparse.Namespace, log: Any) -> dict[str, Any]:
                 res.setdefault("quiet", []).append(await bb.wait_quiet(args.wait_quiet, log))
                 log(f"round {rnd + 1}/{args.rounds}: {variant}, {per_run} crossings")
                 try:
-                    run = await latency_run(work, args, per_run, log, variant="current" if variant == "baseline"
-                                            else variant, product=old if variant == "baseline" else bb.ROOT,
-                                            timing=variant != "baseline")
+                    run = await latency_run(work, args, per_run, log,
+                                            variant=variant if variant in bb.VARIANT_ENV else "current",
+                                            product=old if variant == "baseline" else bb.ROOT,
+                                            timing=variant != "baseline", load_paths=LOAD_PATHS.get(variant))
                 except RuntimeError as exc:
                     log(f"{variant} failed: {exc}")
                     run = {"error": str(exc)[-1500:]}
@@ -199,20 +203,6 @@ async def measure(args: argparse.Namespace, log: Any) -> dict[str, Any]:
                     s = bb.summary(run["first"])
                     log(f"{variant}: n={s['n']} p50={s['p50']:.2f} p99={s['p99']:.2f} ms, "
                         f"others {run['others']:.0f} %")
-        for key, crossings, paths in (("loaded", args.load_crossings, ()),
-                                      ("control", args.control_crossings, CONTROL_PATHS)):
-            if not crossings or (key == "control" and not args.load_crossings):
-                continue
-            work = os.path.join(tmp, key)
-            os.makedirs(work)
-            await bb.wait_quiet(args.wait_quiet, log)
-            log(f"{key}: current bot, {crossings} crossings, the dashboard hammered"
-                + (" on /healthz only" if paths else ""))
-            try:
-                res[key] = await latency_run(work, args, crossings, log, timing=True, load_paths=paths)
-            except RuntimeError as exc:
-                log(f"{key} failed: {exc}")
-                res[key] = {"error": str(exc)[-1500:]}
     res["total_s"] = time.monotonic() - started
     return res
 
@@ -226,10 +216,6 @@ def main() -> int:
     parser.add_argument("--speed", type=float, default=4000.0, help="replay speed (× real time)")
     parser.add_argument("--crossings", type=int, default=900, help="first orders per bot, over all rounds")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each bot once per round)")
-    parser.add_argument("--load-crossings", type=int, default=1000, metavar="N",
-                        help="first orders with the dashboard hammered (0: skip, and skip the control)")
-    parser.add_argument("--control-crossings", type=int, default=500, metavar="N",
-                        help="first orders with the same load on /healthz only (0: skip)")
     parser.add_argument("--max-run-s", type=float, default=240.0, help="cap on one run's replay (s)")
     parser.add_argument("--wait-quiet", type=float, default=60.0, metavar="S",
                         help="before each run, wait up to S seconds for other processes to calm down")

@@ -88,6 +88,11 @@ def command_line(script: str, argv: list[str]) -> str:
 
 QUIET_PCT = 25.0  # other processes below this, % of one core: a quiet machine (wait_quiet's bar)
 NOISY_PCT = 50.0  # a round of a comparison counts only when both runs had other processes below this
+# Steal: CPU time the hypervisor gave this machine's cores to other machines while ours wanted them, % of
+# one core over a run. On a shared VM it, not the bot, sets the latency tail: runs with 1 % of a core
+# stolen (200 ms over a 20 s run, in slices of milliseconds) have shown p99s 2-3x those of runs with none.
+QUIET_STEAL_PCT = 1.0  # a quiet machine also has less steal than this during the run
+NOISY_STEAL_PCT = 5.0  # a round of a comparison counts only when both runs had less steal than this
 
 
 PAYS_OFF = ("pays off", "does not pay off (worse)", "mixed", "does not pay off")
@@ -95,12 +100,14 @@ BEFORE_AFTER = ("better after", "worse after", "mixed", "no clear change")
 
 
 def judge(moves: dict[str, list[float]], change: float = 0.10, busy_rounds: int = 0,
-          min_rounds: int = 2, outcomes: tuple[str, str, str, str] = PAYS_OFF) -> tuple[str, str]:
+          min_rounds: int = 2, outcomes: tuple[str, str, str, str] = PAYS_OFF,
+          quiet_means: str = f"other processes below {NOISY_PCT:g} % of a core") -> tuple[str, str]:
     """A verdict on a variant from the relative change of each figure, one value per round (negative:
     better). A figure counts only when it moved by ``change`` or more the same way in every round
     counted, and at least ``min_rounds`` must count: one noisy run on a shared machine must not decide.
-    The caller leaves out the rounds in which either run had other processes at ``NOISY_PCT`` or more
-    (``busy_rounds`` says how many). Returns (the changes in words, the verdict)."""
+    The caller leaves out the rounds in which either run was noisy (other processes at ``NOISY_PCT``
+    or more, or as ``quiet_means`` says; ``busy_rounds``: how many). Returns (the changes in words,
+    the verdict)."""
     moves = {k: v for k, v in moves.items() if v and all(x == x for x in v)}  # NaN: not measured
     counted = len(next(iter(moves.values()))) if moves else 0
     better = [k for k, v in moves.items() if all(x <= -change for x in v)]
@@ -109,8 +116,7 @@ def judge(moves: dict[str, list[float]], change: float = 0.10, busy_rounds: int 
     if busy_rounds:
         words = f"{words} ({counted} round(s) counted, {busy_rounds} busy left out)".strip()
     if counted < min_rounds:
-        return words, (f"not judged: fewer than {min_rounds} rounds in which both runs had other processes "
-                       f"below {NOISY_PCT:g} % of a core")
+        return words, f"not judged: fewer than {min_rounds} rounds in which both runs had {quiet_means}"
     if better and not worse:
         return words, outcomes[0]
     if worse and not better:
