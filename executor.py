@@ -182,6 +182,8 @@ class Executor:
             self._dropped(job, "the executor fell too far behind")
             self.request_reconcile("executor backlog dropped", confirm=False)
             return
+        if timing.ON and not self.idle:
+            timing.mark("behind", job.transition_id)  # it waits for an earlier order's answer
         self._queue.append(job)
         self._wake.set()
 

@@ -344,8 +344,15 @@ class Bot:
                              ledger=None, transition_id=tid)
             if legs and timing.ON:
                 timing.mark("queued", tid)
-        b = tr.bands  # logged after the orders are on their way: the log line must not delay them
-        log.info("%s -> %s at %s (UP %.2f MID %.2f DN %.2f)", tr.from_state, tr.to_state, tr.price, b.up, b.mid, b.dn)
+        b = tr.bands
+        line = ("%s -> %s at %s (UP %.2f MID %.2f DN %.2f)", tr.from_state, tr.to_state, tr.price, b.up, b.mid, b.dn)
+        if self._orders_queued and not refused and not skipped:
+            # Logged on the event loop's next turn, after the executor has taken the job and its
+            # intent is being committed: making the line costs ~0.1 ms, which the order must not
+            # wait for (BENCHMARKS.md, "Where the time goes").
+            self._loop.call_soon(log.info, *line)
+        else:
+            log.info(*line)
         # An entry left out leaves the strategy FLAT (a reversal's close still goes), as in the backtest.
         if refused:
             self.adopt_state(State.FLAT, "refused", f"entry refused: {refused}")

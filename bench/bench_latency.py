@@ -154,7 +154,10 @@ async def latency_run(workdir: str, args: argparse.Namespace, crossings: int, lo
     rows = bb.query(bot.db, "SELECT client_order_id, transition_id, time_ms, status FROM orders WHERE paper = 0 "
                             "ORDER BY id")
     firsts, opens = first_and_open(rows)
-    first, second, unmatched = [], [], 0
+    marks = bot.timing_marks() if timing else []
+    # transitions whose job joined the executor while an earlier order was in flight (the product's probe)
+    behind_tids = {key for point, key, _ns in marks if point == "behind"}
+    first, second, unmatched, behind = [], [], 0, []
     for arrived, cid in sim.order_arrivals:
         row = firsts.get(cid) or (opens[cid][0] if cid in opens else None)
         sent = sim.hub.trade_sent_ns.get(row["time_ms"]) if row is not None else None
@@ -162,10 +165,13 @@ async def latency_run(workdir: str, args: argparse.Namespace, crossings: int, lo
             unmatched += 1
             continue
         (first if cid in firsts else second).append((arrived - sent) / 1e6)
+        if cid in firsts:
+            behind.append(row["transition_id"] in behind_tids)
     out.update(first=first, open=second, orders=len(sim.order_arrivals), unmatched=unmatched,
+               first_behind=behind if timing else None,
                filled=sum(r["status"] == "filled" for r in rows), db_busy=bot.count_lines("database busy"),
                bot_cpu=out["bot_cpu_s"] / out["replay_s"] * 100,
-               steps=steps_from_timing(bot.timing_marks(), sim, firsts, opens) if timing else {})
+               steps=steps_from_timing(marks, sim, firsts, opens) if timing else {})
     out["open_own"] = out["steps"].pop("open_own", [])
     return out
 
