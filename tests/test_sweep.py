@@ -242,7 +242,10 @@ def test_ctrl_c_stops_the_workers_and_writes_nothing(tmp_path):
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "bollmin.py"), "sweep", "--klines", MARKET_15M,
                              "--period", "10:60:1", "--k", "1:3:0.1", "--jobs", "2", "--db", str(db)], cwd=ROOT,
                             env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True,
+                            # as in a terminal: a test run started in the background (``&`` without job
+                            # control) has SIGINT ignored, and Python then keeps ignoring it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     parent = psutil.Process(proc.pid)
     deadline = time.monotonic() + 60
     while len(parent.children()) < 2 and time.monotonic() < deadline:  # the two workers are at work
