@@ -352,12 +352,11 @@ class LoadMeter:
 
     def __init__(self) -> None:
         self.bots: list[BotProcess] = []
-        self._t0 = self._busy0 = self._ours0 = 0.0
+        self._t0 = self._busy0 = self._ours0 = self._steal0 = 0.0
+        self.steal = 0.0  # CPU the hypervisor gave to other machines during the run, % of one core
 
     def _ours(self) -> float:
         return own_cpu_s() + sum(b.cpu()[0] for b in self.bots if b.alive())
-
-    steal = 0.0  # of which the hypervisor gave this machine's CPUs to other machines, % of one core
 
     def start(self, *bots: BotProcess) -> None:
         self.bots = list(bots)
