@@ -13,7 +13,9 @@
 Exit codes (for systemd and scripts): 0 done / clean stop, 1 crash (restartable),
 2 bad configuration, input or data file — including a damaged or foreign database, a full
 disk or read-only storage (never retried: it needs a person), 3 the exchange refused the
-account setup (bad key or permissions, hedge-mode account) — needs a person, never retried.
+account setup (bad key or permissions, hedge-mode account) — needs a person, never retried,
+130 a batch command (backtest, sweep, download, trades, check-config) interrupted by Ctrl-C
+(``run``, ``dashboard`` and ``demo`` stop cleanly on Ctrl-C: 0).
 
 Every error is one line on stderr, ``bollmin: <what> — <what to do>``, never a traceback
 (set ``BOLLMIN_DEBUG=1`` to see the traceback of an unexpected error), and never shows a secret.
@@ -33,7 +35,7 @@ import store
 from config import ENV_SECRETS, SETTINGS, ConfigError, env, load_config, mask_secrets, masked, secret_texts
 from history import HistoryError
 from store import StoreError
-from supervisor import EXIT_CRASH, EXIT_OK, EXIT_USAGE
+from supervisor import EXIT_CRASH, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 # Each command imports its own module when it runs (backtest, sweep, download, runner, dashboard,
 # demo, exchange): `trades` and `check-config` start without numpy, python-binance or Flask.
@@ -85,10 +87,13 @@ def _speed(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    config_help = "settings file (default: $BOLLMIN_CONFIG or built-in defaults)"
+    p = _Parser(prog="bollmin", description="Bollinger-band bot for Binance USD-M futures.")
+    p.add_argument("--config", metavar="PATH", help=config_help)
+    # Given after the subcommand it wins; not given there, it leaves the one before the subcommand
+    # alone (``bollmin.py --config F run`` and ``bollmin.py run --config F`` are the same).
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="PATH",
-                        help="settings file (default: $BOLLMIN_CONFIG or built-in defaults)")
-    p = _Parser(prog="bollmin", description="Bollinger-band bot for Binance USD-M futures.", parents=[common])
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=config_help)
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     sub.add_parser("run", parents=[common], help="trade (paper unless PAPER_TRADING = False)",
                    description="Run the trading bot until SIGTERM/SIGINT.")
@@ -301,6 +306,11 @@ COMMANDS = {
 }
 
 
+# Ctrl-C is how these stop when run by hand: a clean stop, exit 0. Any other command cut short
+# exits 130, so that a script (``download && backtest``) can tell it did not finish.
+STOPPED_BY_CTRL_C = ("run", "dashboard", "demo")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = args.command or "run"
@@ -312,7 +322,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ConfigError, HistoryError, StoreError) as err:
             return _fail(str(err))
     except KeyboardInterrupt:
-        return EXIT_OK
+        if command in STOPPED_BY_CTRL_C:
+            return EXIT_OK
+        return _fail(f"{command} interrupted; its output is incomplete", EXIT_INTERRUPTED)
     except BrokenPipeError:
         # The reader went away (e.g. "| head"): stop quietly, and keep Python's final flush quiet too.
         try:

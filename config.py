@@ -34,6 +34,7 @@ import re
 import reprlib
 import stat
 import sys
+import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlparse
@@ -496,12 +497,17 @@ def _read_source(path: str) -> bytes:
         raise ConfigError(f"{where}: no such file") from None
     except OSError as exc:
         raise ConfigError(f"{where}: cannot open it ({exc.strerror or type(exc).__name__})") from None
-    with os.fdopen(fd, "rb") as fh:
-        mode = os.fstat(fd).st_mode
+    try:
+        mode = os.fstat(fd).st_mode  # before fdopen, which refuses a directory with a message of its own
+    except OSError:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(mode):
+        os.close(fd)
         if stat.S_ISDIR(mode):
             raise ConfigError(f"{where}: is a directory; give the settings file itself (e.g. config.py)")
-        if not stat.S_ISREG(mode):
-            raise ConfigError(f"{where}: is not a regular file (a pipe, device or socket); give a settings file")
+        raise ConfigError(f"{where}: is not a regular file (a pipe, device or socket); give a settings file")
+    with os.fdopen(fd, "rb") as fh:
         try:
             data = fh.read(MAX_CONFIG_BYTES + 1)
         except OSError as exc:
@@ -601,7 +607,13 @@ def _read_file(path: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     namespace = _run_source(path, _read_source(path), env or {})
     values: dict[str, Any] = {}
     for name, value in namespace.items():
-        if not isinstance(name, str) or not name.isupper() or name.startswith("_"):
+        if not isinstance(name, str) or name.startswith("_"):
+            continue
+        if not name.isupper():
+            if name.upper() in _BY_NAME and not isinstance(value, types.ModuleType):
+                # boll_period = 30 would otherwise be ignored in silence: settings are UPPERCASE
+                raise ConfigError(f"config file {path}: {brief(name)} is not a setting: settings are UPPERCASE "
+                                  f"(did you mean {name.upper()}?)")
             continue  # imports, helpers and private names are the file's own business
         if name not in _BY_NAME:
             close = difflib.get_close_matches(name, list(_BY_NAME), n=1)

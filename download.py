@@ -46,6 +46,7 @@ from typing import Any, TextIO
 import progress as progress_mod
 from config import Config, ConfigError
 from history import INTERVAL_MS, HistoryError
+from supervisor import EXIT_INTERRUPTED
 
 KLINES_PAGE = 1500
 FUNDING_PAGE = 1000
@@ -521,7 +522,7 @@ def main_download(cfg: Config, symbol: str, interval: str, start: str, end: str 
         return 2 if exc.bad_input else 1
     except KeyboardInterrupt:
         err.write("bollmin: download interrupted; what was fetched is kept: run the same command to resume\n")
-        return 0
+        return EXIT_INTERRUPTED
     took = time.monotonic() - began
     w = stdout.write
     if report.written:

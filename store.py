@@ -1086,9 +1086,20 @@ def check_sweep_db(path: str) -> None:
     """Refuse the bot's own DB (its ``db_role`` is 'bot') before a sweep does any work."""
     if not os.path.exists(path):
         return
+    if os.path.isdir(path):
+        raise StoreError(f"database {path}: is a directory")
     conn = connect_readonly(path)
     try:
-        role = conn.execute("SELECT value FROM status WHERE key = 'db_role'").fetchone()
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "status" not in tables:
+            if tables:  # another program's database: refused now, not after the whole sweep has run
+                raise StoreError(f"database {path}: the file is a SQLite database but not a bollmin one; "
+                                 f"give --db a separate file for sweeps")
+            role = None  # an empty file: write_sweep creates the schema
+        else:
+            role = conn.execute("SELECT value FROM status WHERE key = 'db_role'").fetchone()
+    except sqlite3.DatabaseError as exc:  # not SQLite at all (a CSV given by mistake), or damaged
+        raise StoreError(describe(path, exc)) from None
     finally:
         conn.close()
     if role is not None and role[0] not in ("backtest", "sweep"):

@@ -28,6 +28,7 @@ from config import env
 log = logging.getLogger("bollmin")
 
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_ACCOUNT = 0, 1, 2, 3
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130: a batch command (backtest, sweep, download, trades) cut short by Ctrl-C
 NEVER_RETRIED = (EXIT_OK, EXIT_USAGE, EXIT_ACCOUNT)
 SUPERVISED_ENV = "BOLLMIN_SUPERVISED"  # internal: set in the child so it does not supervise itself
 

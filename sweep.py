@@ -20,6 +20,7 @@ per-set evaluation is ``evaluator.py``; the HTML report ``lab_report.py``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import multiprocessing
@@ -40,6 +41,7 @@ from evaluator import BandCache, evaluate
 from history import INTERVAL_MS, HistoryError, interval_ms
 from metrics import day_ends
 from store import check_sweep_db, write_sweep
+from supervisor import EXIT_INTERRUPTED
 from tape import NO_FUNDING, FundingEvents, FundingRates, Series, Tape, load_tape, read_funding
 
 MAX_SETS = 100_000
@@ -511,7 +513,7 @@ def main_sweep(cfg: Config, path: str, given: dict[str, str | None], *, jobs: in
     if db_path is not None:
         check_sweep_db(db_path)
     if report_path is not None:
-        _check_writable(report_path)
+        _check_writable(report_path, [p for p in (path, funding_path, db_path) if p])
     jobs = jobs or len(os.sched_getaffinity(0)) or 1
     job = Job(tape, grid, funding, split_ms)
     n_sets = len(grid.configs)
@@ -520,7 +522,7 @@ def main_sweep(cfg: Config, path: str, given: dict[str, str | None], *, jobs: in
         results = run_all(job, jobs, bar, keep_curves=(rank_by, train_fraction is not None, top))
     except KeyboardInterrupt:
         err.write("bollmin: sweep interrupted; nothing was written\n")
-        return 0
+        return EXIT_INTERRUPTED
     finally:
         bar.close()
     walk_forward = split_ms is not None
@@ -559,9 +561,25 @@ def main_sweep(cfg: Config, path: str, given: dict[str, str | None], *, jobs: in
     return 0
 
 
-def _check_writable(path: str) -> None:
+def _check_writable(path: str, inputs: Sequence[str]) -> None:
+    """Refuse a report path that would destroy something: a folder, one of the sweep's own files, or
+    an existing file that is not an HTML page (a data file given by mistake). An older report is replaced."""
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise HistoryError(f"--report {path}: the folder {parent} does not exist")
     if os.path.isdir(path):
         raise HistoryError(f"--report {path}: is a directory")
+    if not os.path.exists(path):
+        return
+    for other in inputs:
+        with contextlib.suppress(OSError):
+            if os.path.samefile(path, other):
+                raise HistoryError(f"--report {path}: is one of this sweep's own files; choose another name")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512).lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    except OSError as exc:
+        raise HistoryError(f"--report {path}: {exc.strerror or type(exc).__name__}") from None
+    if head and not head.startswith((b"<!doctype html", b"<html")):
+        raise HistoryError(f"--report {path}: the file exists and is not an HTML page; it is never overwritten: "
+                           f"choose another name")

@@ -275,6 +275,41 @@ def test_config_option_is_used(tmp_path, bollmin_cli, command):
     assert r.returncode == 2 and "INTERVAL" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("command", ["check-config", "trades", "backtest"])
+def test_config_before_the_subcommand_is_used_too(tmp_path, bollmin_cli, command):
+    """``bollmin.py --config F cmd`` equals ``bollmin.py cmd --config F``: never the built-in defaults."""
+    path = tmp_path / "broken.py"
+    path.write_text("INTERVAL = '7m'\n")
+    extra = ["--klines", str(tmp_path / "k.csv")] if command == "backtest" else []
+    r = bollmin_cli("--config", str(path), command, *extra)
+    assert r.returncode == 2 and "INTERVAL" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_config_after_the_subcommand_wins():
+    args = build_parser().parse_args(["--config", "a.py", "check-config", "--config", "b.py"])
+    assert args.config == "b.py"
+    assert build_parser().parse_args(["--config", "a.py", "trades"]).config == "a.py"
+    assert build_parser().parse_args(["trades"]).config is None
+
+
+def test_a_lowercase_setting_name_is_refused_not_ignored(tmp_path, bollmin_cli):
+    path = tmp_path / "lower.py"
+    path.write_text("import os\nboll_period = 30\n")
+    r = bollmin_cli("check-config", "--config", str(path))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "'boll_period' is not a setting" in r.stderr and "did you mean BOLL_PERIOD?" in r.stderr
+    # other lower-case names (helpers, imports) stay the file's own business
+    path.write_text("import os\nbase = 25\nBOLL_PERIOD = base - 5\n")
+    r = bollmin_cli("check-config", "--config", str(path), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["BOLL_PERIOD"] == 20
+
+
+def test_a_directory_as_config_file_is_named_in_one_line(tmp_path, bollmin_cli):
+    r = bollmin_cli("check-config", "--config", str(tmp_path))
+    assert r.returncode == 2 and r.stderr.strip() == (f"bollmin: config file {tmp_path}: is a directory; "
+                                                      f"give the settings file itself (e.g. config.py)")
+
+
 def test_unknown_subcommand_or_option_is_a_one_line_usage_error(bollmin_cli):
     r = bollmin_cli("backtest", "--klines", "x.csv", "--frobnicate")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
@@ -321,3 +356,19 @@ def test_check_config_asks_the_exchange_whether_the_symbol_is_listed(tmp_path, b
     out = bollmin_cli("check-config", "--exchange", "--config", str(gone))  # the exchange is down now
     assert out.returncode == 0 and "warning" in out.stderr and "not confirmed" in out.stderr
     assert out.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("command,code", [("trades", 130), ("check-config", 130), ("backtest", 130),
+                                          ("run", 0), ("dashboard", 0)])
+def test_ctrl_c_exit_codes(monkeypatch, capsys, command, code):
+    """A batch command cut short says so and exits 130; the long-running ones stop cleanly (0)."""
+    import bollmin
+
+    def interrupted(_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(bollmin.COMMANDS, command, interrupted)
+    extra = ["--klines", "k.csv"] if command == "backtest" else []
+    assert bollmin.main([command, *extra]) == code
+    err = capsys.readouterr().err
+    assert err == ("" if code == 0 else f"bollmin: {command} interrupted; its output is incomplete\n")

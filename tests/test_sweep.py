@@ -175,6 +175,42 @@ def test_the_bots_db_is_refused(tmp_path):
     assert db.read_bytes() == before
 
 
+@pytest.mark.parametrize("kind", ["csv", "foreign", "directory"])
+def test_a_db_that_is_not_bollmins_is_refused_before_the_sweep_runs(tmp_path, kind):
+    db = tmp_path / "x.db"
+    if kind == "csv":
+        shutil.copy(MARKET_15M, db)  # a kline file given as --db by mistake
+    elif kind == "foreign":
+        conn = sqlite3.connect(str(db))
+        conn.execute("CREATE TABLE notes(x)")
+        conn.commit()
+        conn.close()
+    else:
+        db.mkdir()
+    before = db.read_bytes() if db.is_file() else None
+    r = run_bollmin("sweep", "--klines", MARKET_15M, "--period", "20", "--db", str(db))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "a bug" not in r.stderr and str(db) in r.stderr and r.stdout == ""
+    assert before is None or db.read_bytes() == before
+
+
+def test_the_report_never_overwrites_the_input_or_a_file_that_is_not_a_report(tmp_path):
+    data = tmp_path / "k.csv"
+    shutil.copy(MARKET_15M, data)
+    before = data.read_bytes()
+    r = run_bollmin("sweep", "--klines", str(data), "--period", "20", "--report", str(data))
+    assert r.returncode == 2 and "this sweep's own files" in r.stderr and data.read_bytes() == before
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    r = run_bollmin("sweep", "--klines", str(data), "--period", "20", "--report", str(notes))
+    assert r.returncode == 2 and "not an HTML page" in r.stderr and notes.read_text() == "my notes\n"
+    report = tmp_path / "r.html"
+    for _ in range(2):  # an earlier report is replaced
+        r = run_bollmin("sweep", "--klines", str(data), "--period", "20", "--report", str(report))
+        assert r.returncode == 0, r.stderr
+    assert report.read_text(encoding="utf-8").lower().startswith("<!doctype html")
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--period", "30:10:5"], "stop is below start"),
     (["--period", "10:30:0"], "step must be greater than 0"),
@@ -254,7 +290,7 @@ def test_ctrl_c_stops_the_workers_and_writes_nothing(tmp_path):
     assert len(workers) == 2
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0 and err.strip() == "bollmin: sweep interrupted; nothing was written"
+    assert proc.returncode == 130 and err.strip() == "bollmin: sweep interrupted; nothing was written"
     assert out == "" and not db.exists()
     psutil.wait_procs(workers, timeout=10)
     assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
