@@ -218,7 +218,11 @@ def main_backtest(cfg: Config, path: str, as_json: bool, db_path: str | None, ou
 
     ``funding_path`` (``--funding``) overrides FUNDING_FILE.
     """
-    series = load_tape(path).at(cfg.INTERVAL)
+    tape = load_tape(path)
+    series = tape.at(cfg.INTERVAL)
+    gaps = tape.gap_warning()
+    if gaps:
+        err.write(f"bollmin: warning: {gaps}\n")
     funding_path = cfg.FUNDING_FILE if funding_path is None else funding_path
     if funding_path:
         cfg = cfg.replace(FUNDING_FILE=funding_path)

@@ -16,8 +16,9 @@
   interval must match). Each page is appended as soon as it is checked (``.csv``: lines;
   ``.csv.gz``: one gzip member per page), so an interruption loses at most one page, and a
   half-written tail left by a crash is cut off and reported at the next run.
-* Gaps (candles the exchange does not have) and bad rows (not numbers, impossible prices, wrong
-  times) are reported on stderr; bad rows are never written. ``backtest`` needs gap-free data.
+* Gaps (candles the exchange does not have: an outage or maintenance) and bad rows (not
+  numbers, impossible prices, wrong times) are reported on stderr; bad rows are never written.
+  ``backtest`` and ``sweep`` play a file with gaps as it is, with a warning (docs/strategy.md).
 * ``--end`` is inclusive: the whole last day (UTC). Without it: up to the last closed candle.
 
 The file is in the backtest format: ``open_time_ms,open,high,low,close,volume,close_time_ms``
@@ -529,6 +530,9 @@ def main_download(cfg: Config, symbol: str, interval: str, start: str, end: str 
         w(f"已下载 (downloaded) {report.written} 根 {interval} K线 {symbol} "
           f"{_day(report.first_ms)} → {_day(report.last_ms)} UTC 到 (into) {out}"
           f"{f'（文件原有 already had {report.had}）' if report.had else ''}\n")
+    elif not report.had:
+        w(f"交易所在这段时间没有 {interval} K线 (the exchange has no {interval} candles for {symbol} in this range; "
+          f"is --start before the contract was listed, or in the future?): {out} 没有K线 (holds no candles)\n")
     else:
         w(f"没有新的已收盘K线 (nothing new): {out} 已是最新 (is up to date; {report.had} candles)\n")
     if funding:
@@ -538,8 +542,9 @@ def main_download(cfg: Config, symbol: str, interval: str, start: str, end: str 
       f"限流 (rate limited) {stats.rate_limited} 次，{took:.1f} s\n")
     if report.gaps:
         missing = sum((b - a) // INTERVAL_MS[interval] + 1 for a, b in report.gaps)
-        w(f"⚠ 缺口 (gaps): {len(report.gaps)}，共缺 {missing} 根 (candles missing): backtest 需要连续的数据，"
-          f"请用缺口之后的 --start / backtest needs gap-free data: start after the last gap\n")
+        w(f"⚠ 缺口 (gaps): {len(report.gaps)}，共缺 {missing} 根 (candles missing)：交易所没有这些 K 线；"
+          f"回测照原样回放并给出警告 / the exchange has no candles there; backtest plays the file as it is, "
+          f"with a warning\n")
     if report.bad:
         w(f"⚠ 坏数据 (bad rows): {len(report.bad)} 行未写入 (not written)\n")
     return 0

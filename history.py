@@ -355,15 +355,19 @@ def check_contiguous(candles: list[Candle], step_ms: int, label: str = "data") -
             )
 
 
-def validate_frame(rows: list[Candle], step_ms: int) -> None:
-    """Validate history loaded over REST or from the DB with pandas.
+def validate_frame(rows: list[Candle], step_ms: int) -> list[tuple[int, int]]:
+    """Validate history loaded over REST or from the DB with pandas; returns its gaps.
 
-    Checks: no duplicates, contiguous open times at ``step_ms``, finite positive prices,
+    Checks: no duplicates, open times rising and aligned to ``step_ms``, finite positive prices,
     high >= max(open, close), low <= min(open, close). Raises HistoryError naming the first
-    offending open time. Used once at startup; never on the hot path.
+    offending open time. Used at startup and after a reconnect; never on the hot path.
+
+    Missing candles are not an error: the exchange has none for an outage or maintenance (no
+    trades), so its history has the same holes a downloaded file has, and the window spans them
+    as ``backtest`` does. Returns them as (open time before the gap, candles missing).
     """
     if not rows:
-        return
+        return []
     import pandas as pd  # deliberately lazy: only startup validation needs pandas
 
     df = pd.DataFrame(rows, columns=list(Candle._fields))
@@ -371,13 +375,15 @@ def validate_frame(rows: list[Candle], step_ms: int) -> None:
     if dup.any():
         raise HistoryError(f"history: duplicate candle at open time {int(df.loc[dup.idxmax(), 'open_time_ms'])}")
     steps = df["open_time_ms"].diff().dropna()
-    bad = steps != step_ms
+    bad = (steps <= 0) | (steps % step_ms != 0)
     if bad.any():
         pos = int(bad.idxmax())
         raise HistoryError(
-            f"history: candles not contiguous at open time {int(df.loc[pos, 'open_time_ms'])} "
-            f"(gap of {int(steps[pos])} ms, expected {step_ms})"
+            f"history: candles out of order or off the {step_ms} ms grid at open time "
+            f"{int(df.loc[pos, 'open_time_ms'])} (step of {int(steps[pos])} ms)"
         )
+    holes = steps[steps != step_ms]
+    gaps = [(int(df.loc[pos - 1, "open_time_ms"]), int(step) // step_ms - 1) for pos, step in holes.items()]
     prices = df[["open", "high", "low", "close"]]
     broken = (
         prices.isna().any(axis=1)
@@ -388,3 +394,4 @@ def validate_frame(rows: list[Candle], step_ms: int) -> None:
     if broken.any():
         pos = int(broken.idxmax())
         raise HistoryError(f"history: impossible prices in candle at open time {int(df.loc[pos, 'open_time_ms'])}")
+    return gaps

@@ -289,11 +289,23 @@ class Bot:
             self._held = deque()
             self._spawn(self._catch_up(reconnects))
 
+    def _held_frontier(self) -> int | None:
+        """The newest candle a catch-up's window may end with: the market events held for replay
+        take over from there (a closed kline: that candle; a trade: the candle before its own).
+        None when nothing is held: the exchange's answer is the newest state."""
+        if not self._held:
+            return None
+        first = self._held[0]
+        if type(first) is KlineClose:
+            return first.open_time_ms
+        return first.time_ms - first.time_ms % self.step_ms - self.step_ms
+
     async def _catch_up(self, reconnects: int | None) -> None:
         try:
             while self._catch_up_again:
                 self._catch_up_again = False
-                window = await startup.backfill(self.exchange, self.commit, self.cfg, self.step_ms)
+                window = await startup.backfill(self.exchange, self.commit, self.cfg, self.step_ms,
+                                                newest=self._held_frontier)
                 if window:
                     self.engine.resync([c.close for c in window], window[-1].open_time_ms)
                 if self.executor is not None and reconnects is not None:

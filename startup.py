@@ -87,9 +87,14 @@ async def resolve_intents(commit: Callable[..., Awaitable[Any]], driver: OrderDr
 
 
 async def backfill(exchange: Exchange, commit: Callable[..., Awaitable[Any]], cfg: Config,
-                   step_ms: int) -> list[Candle]:
+                   step_ms: int, newest: Callable[[], int | None] | None = None) -> list[Candle]:
     """Fetch the closed candles the DB lacks (HISTORY_KLINES when it has none) and store them;
-    returns the newest ``BOLL_PERIOD - 1`` closed candles (pandas validates what was fetched)."""
+    returns the newest ``BOLL_PERIOD - 1`` closed candles (pandas validates what was fetched).
+
+    ``newest``, asked once the candles are in: the open time of the newest candle the window may
+    end with (None: no limit). The runner holds the market events that arrived meanwhile and plays
+    them next; candles those events will close themselves stay out of the window, or their ticks
+    would be judged against bands that already hold their own close."""
     stored = await commit(lambda s: db.read_candles(s.conn, cfg.SYMBOL, cfg.INTERVAL, cfg.BOLL_PERIOD - 1))
     fetched: list[Candle] = []
     if not stored:
@@ -108,17 +113,29 @@ async def backfill(exchange: Exchange, commit: Callable[..., Awaitable[Any]], cf
             start = rows[-1][0].open_time_ms + step_ms
     if fetched:
         try:
-            validate_frame(stored + fetched if stored else fetched, step_ms)
+            gaps = validate_frame(stored + fetched if stored else fetched, step_ms)
         except HistoryError as exc:
-            # The stored tail and the exchange do not join up (e.g. the bot was off longer
-            # than one fetch): trust the exchange's own contiguous run.
+            # The stored tail and the exchange do not join up (they overlap or disagree):
+            # trust the exchange's own run.
             log.warning("%s; using the exchange's candles only", exc)
-            validate_frame(fetched, step_ms)
+            gaps = validate_frame(fetched, step_ms)
             stored = []
+        for before, missing in gaps[-3:]:
+            # The exchange has no candles there (an outage or maintenance): the window spans the
+            # gap, as backtest does on the same history.
+            log.warning("the exchange has no %s candles for %d interval(s) after the candle opened at %s "
+                        "(an exchange outage): the bands span the gap", cfg.INTERVAL, missing, before)
         await commit(db.Store.add_candles, cfg.SYMBOL, cfg.INTERVAL, step_ms, fetched)
         log.info("loaded %d closed %s candles from the exchange (last opened %s)", len(fetched), cfg.INTERVAL,
                  fetched[-1].open_time_ms)
-    window = (stored + fetched)[-(cfg.BOLL_PERIOD - 1):]
+    known = stored + fetched
+    limit = newest() if newest is not None else None
+    if limit is not None:
+        known = [c for c in known if c.open_time_ms <= limit]
+        if stored and len(known) < cfg.BOLL_PERIOD - 1:  # the stored tail was past the limit too
+            known = await commit(lambda s: db.read_candles(s.conn, cfg.SYMBOL, cfg.INTERVAL, cfg.BOLL_PERIOD - 1,
+                                                           upto_open_ms=limit))
+    window = known[-(cfg.BOLL_PERIOD - 1):]
     if len(window) < cfg.BOLL_PERIOD - 1:
         log.warning("only %d closed candles known: no trading until %d exist", len(window), cfg.BOLL_PERIOD - 1)
     return window

@@ -601,12 +601,14 @@ def read_status(conn: sqlite3.Connection) -> dict[str, str]:
     return {r["key"]: r["value"] for r in conn.execute("SELECT key, value FROM status")}
 
 
-def read_candles(conn: sqlite3.Connection, symbol: str, interval: str, limit: int) -> list[Candle]:
-    """The newest ``limit`` stored candles, oldest first."""
+def read_candles(conn: sqlite3.Connection, symbol: str, interval: str, limit: int,
+                 upto_open_ms: int | None = None) -> list[Candle]:
+    """The newest ``limit`` stored candles (opened at or before ``upto_open_ms`` if given), oldest first."""
+    upto = (1 << 62) if upto_open_ms is None else upto_open_ms
     rows = conn.execute(
         "SELECT open_time_ms, open, high, low, close, volume FROM candles WHERE symbol = ? AND interval = ?"
-        " ORDER BY open_time_ms DESC LIMIT ?",
-        (symbol, interval, limit),
+        " AND open_time_ms <= ? ORDER BY open_time_ms DESC LIMIT ?",
+        (symbol, interval, upto, limit),
     ).fetchall()
     return [Candle(*tuple(r)) for r in reversed(rows)]
 

@@ -514,6 +514,9 @@ def main_sweep(cfg: Config, path: str, given: dict[str, str | None], *, jobs: in
         check_sweep_db(db_path)
     if report_path is not None:
         _check_writable(report_path, [p for p in (path, funding_path, db_path) if p])
+    gaps = tape.gap_warning()
+    if gaps:
+        err.write(f"bollmin: warning: {gaps}\n")
     jobs = jobs or len(os.sched_getaffinity(0)) or 1
     job = Job(tape, grid, funding, split_ms)
     n_sets = len(grid.configs)

@@ -19,6 +19,7 @@ Pure functions over arrays, apart from reading the file.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import math
 import os
@@ -249,6 +250,11 @@ class Tape:
         t = c.open_time_ms
         self.times = np.column_stack([t, t + d // 3, t + 2 * d // 3, t + d - 1]).ravel()
 
+    def gap_warning(self) -> str | None:
+        """One line about missing candles in the file, or None (``gap_warning``)."""
+        return gap_warning(self.label, find_gaps(self.candles.open_time_ms, self.file_interval_ms),
+                           self.file_interval_ms)
+
     def slice(self, lo: int, hi: int | None = None) -> Tape:
         return Tape(self.candles.slice(lo, hi), self.file_interval_ms, self.label)
 
@@ -269,7 +275,7 @@ class Tape:
                 f"use a file of {wanted} or a finer interval that divides it"
             )
         if not self._checked:
-            _check_aligned_and_contiguous(self.candles.open_time_ms, step, self.label)
+            _check_aligned(self.candles.open_time_ms, step, self.label)
             self._checked = True
         bucket = self.candles.open_time_ms // target
         new = np.empty(len(bucket), bool)
@@ -295,7 +301,7 @@ def load_tape(path: str, label: str | None = None) -> Tape:
 
 
 def tape_from_candles(candles: Candles, label: str = "klines") -> Tape:
-    """A tape of ``candles``: at least 2, aligned to their interval, without gaps."""
+    """A tape of ``candles``: at least 2 (alignment to their interval is checked by ``Tape.at``)."""
     t = candles.open_time_ms
     if len(t) < 2:
         raise HistoryError(f"{label}: need at least 2 candles to tell the file's interval")
@@ -303,15 +309,34 @@ def tape_from_candles(candles: Candles, label: str = "klines") -> Tape:
     return Tape(candles, step, label)
 
 
-def _check_aligned_and_contiguous(t: np.ndarray, step: int, label: str) -> None:
+def _check_aligned(t: np.ndarray, step: int, label: str) -> None:
     name = interval_name(step) or f"{step} ms"
     misaligned = np.flatnonzero(t % step)
     if len(misaligned):
         raise HistoryError(f"{label}: open time {int(t[misaligned[0]])} is not aligned to the {name} interval")
+
+
+def find_gaps(t: np.ndarray, step: int) -> list[tuple[int, int]]:
+    """Missing candles in open times ``t`` (aligned to ``step``): (open time before the gap, candles missing)."""
     holes = np.flatnonzero(np.diff(t) != step)
-    if len(holes):
-        a, b = int(t[holes[0]]), int(t[holes[0] + 1])
-        raise HistoryError(f"{label}: gap after open time {a}: next candle opens at {b}, expected {a + step}")
+    return [(int(t[i]), int((t[i + 1] - t[i]) // step) - 1) for i in holes]
+
+
+def gap_warning(label: str, gaps: list[tuple[int, int]], step: int) -> str | None:
+    """One line about missing candles in a kline file (None when there are none).
+
+    Binance's own history has such holes (an exchange outage or maintenance: no trades, no
+    candle), and ``download`` writes what the exchange has. They are played as they are: the
+    candle after a gap follows the one before it, as the live bot's window does after the same
+    outage (REST returns the same candles), so the bands span the gap.
+    """
+    if not gaps:
+        return None
+    first, missing = gaps[0]
+    when = dt.datetime.fromtimestamp((first + step) / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M")
+    total = sum(m for _a, m in gaps)
+    return (f"{label}: {len(gaps)} gap{'s' if len(gaps) > 1 else ''} in the candles ({total} missing; the first: "
+            f"{missing} from {when} UTC); played as they are, the bands spanning each gap")
 
 
 # ---- funding --------------------------------------------------------------------------------------

@@ -168,8 +168,8 @@ class Market:
         length = interval_ms(stream[len(prefix):])
         return length if self.supports(length) else None
 
-    def _bars_between(self, length_ms: int, lo_ms: int, hi_ms: int) -> list[Bar]:
-        """Bars of emitted ticks for candles opening in [lo_ms, hi_ms)."""
+    def _bars_between(self, length_ms: int, lo_ms: int, hi_ms: int, max_bars: int | None = None) -> list[Bar]:
+        """Bars of emitted ticks for candles opening in [lo_ms, hi_ms) (the first ``max_bars`` of them)."""
         bars: list[Bar] = []
         i = bisect.bisect_left(self.times, lo_ms)
         end = min(bisect.bisect_left(self.times, hi_ms), self.cursor + 1, len(self.candles))
@@ -177,6 +177,8 @@ class Market:
             for tick in self.emitted_ticks(k):
                 bucket = tick.time_ms - tick.time_ms % length_ms
                 if not bars or bars[-1].open_time != bucket:
+                    if max_bars is not None and len(bars) >= max_bars:
+                        return bars
                     bars.append(Bar.empty(bucket, tick.price))
                 bars[-1].add(tick)
         return bars
@@ -193,17 +195,24 @@ class Market:
                    limit: int = 500) -> list[list[Any]]:
         """``GET /fapi/v1/klines`` rows: candles opened at or before the replay clock, the last
         one forming (built from the ticks emitted so far, like the stream)."""
+        # Like Binance: ``limit`` candles that exist (an outage leaves none), from the first one at
+        # or after startTime, else the newest ones up to endTime / now.
         last = self.clock_ms - self.clock_ms % length_ms
         if end_ms is not None:
             last = min(last, end_ms - end_ms % length_ms)
+        hi = last + length_ms
         if start_ms is not None:
-            first = -(-start_ms // length_ms) * length_ms
-            lo, hi = first, min(last + length_ms, first + limit * length_ms)
+            lo = -(-start_ms // length_ms) * length_ms
+            if hi <= lo:
+                return []
+            bars = self._bars_between(length_ms, lo, hi, max_bars=limit + 1)
         else:
-            lo, hi = last - (limit - 1) * length_ms, last + length_ms
-        if hi <= lo:
-            return []
-        bars = self._bars_between(length_ms, lo, hi)
+            lo = last - (limit - 1) * length_ms
+            bars = self._bars_between(length_ms, lo, hi)
+            first_ms = self.times[0] if self.times else lo
+            while len(bars) < limit and lo > first_ms:  # holes in the data: reach further back
+                lo -= (limit - len(bars)) * length_ms
+                bars = self._bars_between(length_ms, lo, hi)
         forming = self.clock_ms - self.clock_ms % length_ms
         if lo <= forming < hi and (not bars or bars[-1].open_time < forming):
             bars.append(Bar.empty(forming, self.last_price))

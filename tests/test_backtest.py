@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import gzip
 import io
 import json
@@ -486,7 +487,6 @@ def _bad_inputs(rows_15m):
         "header-only": (HEADER + "\n").encode(),
         "unsorted": _csv(swapped),
         "duplicate": _csv(r[:20] + [r[19]] + r[20:]),
-        "gap": _csv(r[:20] + r[21:]),
         "nan": _csv(_mutate(_rows(rows_15m), 12, 4, "nan")),
         "inf": _csv(_mutate(_rows(rows_15m), 12, 2, "inf")),
         "zero-price": _csv(_mutate(_rows(rows_15m), 12, 3, "0")),
@@ -507,7 +507,7 @@ def _csv(rows) -> bytes:
 
 # each bad input and a word its message must contain
 BAD = {"empty": "empty", "header-only": "no candles", "unsorted": "not sorted", "duplicate": "duplicate",
-       "gap": "gap", "nan": "finite", "inf": "finite", "zero-price": "> 0", "negative-price": "> 0",
+       "nan": "finite", "inf": "finite", "zero-price": "> 0", "negative-price": "> 0",
        "high-below-low": "below low", "not-a-number": "close '16525.O' is not a number", "short-row": "columns",
        "one-candle": "2 candles", "non-dividing-interval": "does not divide", "garbage-text": "header",
        "binary-garbage": "not a readable"}
@@ -523,6 +523,41 @@ def test_bad_input_stops_with_one_line_and_writes_nothing(cfg, tmp_path, rows_15
     assert "bad.csv" in line and BAD[name] in line  # names the file and the problem
     assert not db.exists() and not db.parent.exists()
     assert not (tmp_path / "bot").exists()
+
+
+def test_missing_candles_are_played_as_they_are_with_a_warning(cfg, tmp_path, rows_15m):
+    """Binance's history has holes (outages, maintenance) and ``download`` writes what the exchange has:
+    such a file plays, with one warning line on stderr. The candle after a gap follows the one before
+    it in the bands, so the actions are those of the same file closed up (later candles re-timed
+    back by the gap), at the real times."""
+    rows = rows_15m[:3_000]
+    holes = [(700, 704), (1_900, 1_901)]  # 4 candles and 1 candle missing
+    gapped = [r for i, r in enumerate(rows) if not any(a <= i < b for a, b in holes)]
+    shifts = []  # (first open time after a gap, ms to take off from there on)
+    shift = 0
+    for a, b in holes:
+        shift += (b - a) * M15
+        shifts.append((int(rows[b][0]), shift))
+
+    def back(t: int) -> int:
+        return t - max((s for start, s in shifts if t >= start), default=0)
+
+    closed = [[str(back(int(r[0])))] + r[1:6] + [str(back(int(r[6])))] for r in gapped]
+    r_gap = backtest(cfg, write_csv(tmp_path / "gap.csv", gapped), "--json")
+    r_closed = backtest(cfg, write_csv(tmp_path / "closed.csv", closed), "--json")
+    assert r_gap.returncode == r_closed.returncode == 0, r_gap.stderr
+    assert r_gap.stderr.strip().splitlines() == [
+        f"bollmin: warning: {tmp_path / 'gap.csv'}: 2 gaps in the candles (5 missing; the first: 4 from "
+        f"{dt.datetime.fromtimestamp(int(rows[700][0]) / 1000, dt.UTC):%Y-%m-%d %H:%M} UTC); "
+        f"played as they are, the bands spanning each gap"]
+    assert r_closed.stderr == ""
+    got, got_sum = parse_json_output(r_gap.stdout)
+    want, want_sum = parse_json_output(r_closed.stdout)
+    assert len(got) > 50 and len(got) == len(want)
+    assert [dict(g, time_ms=back(g["time_ms"])) for g in got] == want
+    assert any(g["time_ms"] >= shifts[0][0] for g in got)  # actions after the gaps are compared too
+    for key in ("trades", "net_pnl_usdt", "fees_usdt", "win_rate", "max_drawdown_usdt", "final_state"):
+        assert got_sum[key] == want_sum[key], key
 
 
 @pytest.mark.parametrize("case", ["missing", "directory", "fake-gzip"])
@@ -559,7 +594,7 @@ def test_bad_input_leaves_an_earlier_backtest_db_unchanged(cfg, tmp_path, rows_1
     good = write_csv(tmp_path / "good.csv", rows_15m[:1_000])
     assert backtest(cfg, good, "--db", str(db)).returncode == 0
     before = dump(db)
-    for name in ("gap", "nan", "non-dividing-interval"):
+    for name in ("unsorted", "nan", "non-dividing-interval"):
         bad = tmp_path / f"{name}.csv"
         bad.write_bytes(_bad_inputs(rows_15m)[name])
         bad_one_line(backtest(cfg, str(bad), "--json", "--db", str(db)))

@@ -164,8 +164,8 @@ def test_gaps_in_the_exchange_history_are_reported(tmp_path):
     assert r.returncode == 0
     assert "gap: the exchange has no 15m candles from 2023-01-11 10:00 to 2023-01-11 10:30 (3 missing)" in r.stderr
     assert read_candles(out) == candles[:-1]
-    b = run_bollmin("backtest", "--klines", out)
-    assert b.returncode == 2 and "gap after open time" in b.stderr
+    b = run_bollmin("backtest", "--klines", out, "--json")  # the file plays as the exchange has it, with a warning
+    assert b.returncode == 0 and "1 gap in the candles (3 missing" in b.stderr, b.stderr
 
 
 def test_funding_history_is_downloaded_and_charged_by_backtest(sim, cfg_file, tmp_path):
@@ -266,3 +266,19 @@ def test_a_symbol_the_exchange_does_not_know_is_bad_input(cfg_file, tmp_path):
                     "--start", "2023-01-01", "--out", str(out))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Invalid symbol" in r.stderr
     assert not out.exists()
+
+
+def test_a_start_before_the_first_candle_downloads_from_the_first_one(sim, cfg_file, tmp_path):
+    """Like Binance, the exchange answers a startTime before its first candle with the first candles it
+    has; a range with none at all says so (not "up to date")."""
+    out = str(tmp_path / "early.csv")
+    r = run_bollmin("download", "--config", cfg_file, "--interval", "15m", "--start", "2022-10-01",
+                    "--end", "2023-01-31", "--out", out)
+    assert r.returncode == 0, r.stderr
+    got = read_candles(out)
+    assert got[0] == CANDLES[0] and got == CANDLES[:len(got)] and len(got) == 31 * 96
+    empty = str(tmp_path / "empty.csv")
+    r = run_bollmin("download", "--config", cfg_file, "--interval", "15m", "--start", "2022-10-01",
+                    "--end", "2022-10-31", "--out", empty)
+    assert r.returncode == 0 and "the exchange has no 15m candles for BTCUSDT in this range" in r.stdout, r.stdout
+    assert "up to date" not in r.stdout

@@ -116,6 +116,18 @@ def test_parity_run_and_backtest_make_the_same_transitions_on_two_days_of_1m(tmp
     assert live_orders == back_orders
 
 
+def test_parity_run_and_backtest_across_candles_the_exchange_does_not_have(tmp_path):
+    """An exchange outage leaves holes in its history (no trades, no candle): one in the history the bot
+    loads at startup, others during the run. The bot starts, its window spans each hole as backtest's
+    does on the same file, and both make the same transitions at the same ticks."""
+    drop = {7, 8, 300, 301, 302, 1100}
+    run, backtest = paper_run_and_backtest(tmp_path, 1, drop=drop)
+    live, back = run["transitions"], backtest["transitions"]
+    assert len(back) > 50
+    assert live == back
+    assert run["orders"] == backtest["orders"]
+
+
 def test_ws_drop_stall_and_server_cut_reconnect_and_backfill(sim, tmp_path):
     bot = bot_for(sim, tmp_path, WS_STALL_SECONDS=3.0).start()
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -113,6 +114,24 @@ def write_rows(path, candles) -> None:
         fh.write("open_time_ms,open,high,low,close,volume\n")
         for c in candles:
             fh.write(f"{c.open_time_ms},{c.open!r},{c.high!r},{c.low!r},{c.close!r},{c.volume!r}\n")
+
+
+def test_a_file_with_missing_candles_sweeps_like_backtest(tmp_path):
+    """Gaps (an exchange outage) play the same in the lab as in backtest, fine file aggregated or not."""
+    with gzip.open(MARKET_1M, "rt", encoding="utf-8") as fh:
+        lines = fh.readlines()
+    path = tmp_path / "gap.csv"
+    path.write_text("".join(lines[:3_001] + lines[3_011:6_000] + lines[6_199:12_000]), encoding="utf-8")
+    r = run_bollmin("sweep", "--klines", str(path), "--interval", "1m,15m", "--period", "20", "--k", "2",
+                    "--evaluate-on", "tick,close", "--json")
+    assert r.returncode == 0 and "2 gaps in the candles (209 missing" in r.stderr, r.stderr
+    got = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(got) == 4
+    for line in got:
+        want = backtest_summary(str(path), **settings_of(line))
+        assert line["trades"] > 20
+        for key in ("trades", "net_pnl_usdt", "fees_usdt", "win_rate", "max_drawdown_usdt", "final_state"):
+            assert line[key] == want[key], (key, line)
 
 
 def test_one_job_and_two_jobs_print_the_same():

@@ -149,3 +149,60 @@ def test_funding_is_placed_before_the_first_tick_at_or_after_its_time():
     events = rates.on(tape)
     assert events.tick == [5, 6] and events.rate == [0.2, 0.3]  # at/before the first tick and after the last: dropped
     assert events.mark_price == [123.0, float(tape.prices[5])]
+
+
+# ---- history from the exchange: holes are the exchange's own, not an error ---------------------------
+
+def _candle(t: int, price: float = 100.0):
+    from history import Candle
+    return Candle(t, price, price + 1, price - 1, price, 1.0)
+
+
+def test_validate_frame_returns_the_exchanges_gaps_and_refuses_disorder():
+    from history import validate_frame
+    step = 60_000
+    times = [0, 1, 2, 5, 6, 8]  # 2 missing after 2, 1 missing after 6
+    assert validate_frame([_candle(i * step) for i in times], step) == [(2 * step, 2), (6 * step, 1)]
+    assert validate_frame([_candle(i * step) for i in range(5)], step) == []
+    for bad, word in (([0, 1, 1, 2], "duplicate"), ([0, 2, 1], "out of order"), ([0, 1], "grid")):
+        rows = [_candle(i * step) for i in bad]
+        if word == "grid":
+            rows[1] = _candle(step + 1_000)
+        with pytest.raises(HistoryError, match=word):
+            validate_frame(rows, step)
+
+
+def test_backfill_window_spans_gaps_and_stops_where_held_events_take_over(tmp_path):
+    """The window after a backfill holds the newest BOLL_PERIOD - 1 closed candles, across the
+    exchange's holes, but none newer than ``newest`` (the runner replays those from held events)."""
+    import asyncio
+
+    import startup
+    import store as db
+    from config import load_config
+
+    step = 60_000
+    cfg = load_config(None, env={}).replace(INTERVAL="1m", BOLL_PERIOD=5, DB_PATH=str(tmp_path / "b.db"))
+    s = db.Store(cfg.DB_PATH)
+    s.add_candles(cfg.SYMBOL, cfg.INTERVAL, step, [_candle(i * step, 100 + i) for i in range(10)])
+    exchange_has = [i for i in range(10, 30) if i not in (12, 13, 14)]  # an outage after candle 11
+    # (each call below stores what it fetched: the later calls find the DB's newest candles past
+    # their limit and read the ones before it)
+
+    class Exchange:
+        async def klines(self, interval, limit, start_ms=None, end_ms=None):
+            return [(_candle(i * step, 100 + i), 0) for i in exchange_has if i * step >= start_ms][:limit]
+
+    async def commit(fn, *args):
+        return fn(s, *args)
+
+    async def window(newest):
+        return [c.open_time_ms // step for c in await startup.backfill(Exchange(), commit, cfg, step, newest)]
+
+    try:
+        assert asyncio.run(window(lambda: 16 * step)) == [10, 11, 15, 16]  # spans 12-14, stops at 16
+        assert asyncio.run(window(None)) == [25, 26, 27, 28]  # 29 is the forming candle
+        assert asyncio.run(window(lambda: 17 * step)) == [11, 15, 16, 17]  # the DB's newest are past 17
+        assert asyncio.run(window(lambda: None)) == [25, 26, 27, 28]
+    finally:
+        s.close()

@@ -10,7 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from simexchange import SimExchangeThread
@@ -150,11 +150,12 @@ COMPARED = {  # what a paper run and a backtest of the same ticks must agree on,
 }
 
 
-def paper_run_and_backtest(tmp_path: Any, days: int, **settings: Any) -> tuple[dict, dict]:
+def paper_run_and_backtest(tmp_path: Any, days: int, drop: Sequence[int] = (), **settings: Any) -> tuple[dict, dict]:
     """The first ``days`` days of the bundled 1m data (after 19 candles of history) through a paper
     ``run`` against the simulated exchange at full speed, then through ``backtest`` with the same
     settings: for each, {"transitions": [(time_ms, from_state, to_state, price) of the table's
-    transitions], "orders": [(time_ms, action, reason, fill_price)]}."""
+    transitions], "orders": [(time_ms, action, reason, fill_price)]}. ``drop``: rows left out (candles
+    the exchange does not have, as after an outage), counted before the cut."""
     rows = []
     with gzip.open(MARKET_1M, "rt") as fh:
         reader = csv.reader(fh)
@@ -162,7 +163,8 @@ def paper_run_and_backtest(tmp_path: Any, days: int, **settings: Any) -> tuple[d
         for i, row in enumerate(reader):
             if i >= 19 + days * 1440:
                 break
-            rows.append(row)
+            if i not in drop:
+                rows.append(row)
     slice_path = os.path.join(str(tmp_path), f"{days}_days.csv")
     with open(slice_path, "w", newline="") as fh:
         w = csv.writer(fh)
