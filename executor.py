@@ -123,6 +123,7 @@ class _Stream:
 
     qty: float | None = None
     time_ms: int = 0
+    updates: int = 0  # ACCOUNT_UPDATEs taken so far (a reconcile's REST read supersedes the earlier ones)
     commission: dict[str, float] = field(default_factory=dict)  # client id -> USDT so far
     foreign_seen: set[tuple[int, str]] = field(default_factory=set)
 
@@ -356,12 +357,19 @@ class Executor:
 
     async def _reconcile(self, why: str, confirm: bool) -> None:
         """Compare the bot's position with the exchange's; the exchange is the truth."""
+        seen = self._stream.updates
         amt, entry = await self.exchange.position()
         qty = float(amt)
         if abs(qty - self.ledger.qty) > EPS and confirm:
             await self.sleep(RECONCILE_CONFIRM_S)
+            seen = self._stream.updates
             amt, entry = await self.exchange.position()
             qty = float(amt)
+        if self._stream.updates == seen:
+            # This answer is newer than every position the stream has shown: it replaces them. (A
+            # stream position REST does not confirm — a stale, garbled or future-dated update — would
+            # otherwise queue the same reconciliation again at once, for ever.)
+            self._stream.qty, self._stream.time_ms = None, 0
         held, before = self.ledger.qty, self.bot.state
         orders_waiting = any(isinstance(j, Job) for j in self._queue)
         changed = abs(qty - held) > EPS
@@ -394,6 +402,7 @@ class Executor:
         if time_ms < self._stream.time_ms:
             return
         self._stream.qty, self._stream.time_ms = qty, time_ms
+        self._stream.updates += 1
         if self.idle:
             self._check_stream_position()
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -169,13 +170,16 @@ class UserStream:
                 when = int(data.get("T") or data.get("E") or 0)
                 for p in data.get("a", {}).get("P", []):
                     if p.get("s") == self.symbol and p.get("ps", "BOTH") == "BOTH":
-                        self.on_position(float(p["pa"]), when)
+                        qty = float(p["pa"])
+                        if not math.isfinite(qty):
+                            raise ValueError(f"position amount {str(p['pa'])[:20]!r}")
+                        self.on_position(qty, when)
             elif event == "listenKeyExpired":
                 return "expired"
             elif event == "MARGIN_CALL":
                 log.warning("MARGIN CALL from the exchange: the account is close to liquidation")
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            log.warning("malformed user-data message dropped (%s)", type(exc).__name__)
+            log.warning("malformed user-data message dropped (%s: %s)", type(exc).__name__, str(exc)[:80])
         except Exception:  # a handler bug must not kill the stream
             log.exception("error handling a user-data event")
         return None

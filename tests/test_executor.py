@@ -20,6 +20,10 @@ from state import POSITION, Action, Order, Reason, State
 RULES = SymbolRules()
 
 
+class Spinning(BaseException):
+    """Not an Exception: the executor must not catch it."""
+
+
 class FakeExchange:
     rules = RULES
 
@@ -29,6 +33,8 @@ class FakeExchange:
 
     async def position(self):
         self.position_reads += 1
+        if self.position_reads > 100:  # a reconciliation that never settles: fail, do not spin for ever
+            raise Spinning(f"{self.position_reads} position reads")
         answer = self.positions.pop(0) if len(self.positions) > 1 else self.positions[0]
         return answer
 
@@ -327,6 +333,35 @@ def test_a_stale_position_update_from_before_our_own_fill_is_ignored():
 
     r = run(body())
     assert not r.ex._queue
+
+
+@pytest.mark.parametrize("when", [5000, 10**13], ids=["now", "a-day-ahead"])
+def test_a_stream_position_rest_does_not_confirm_is_reconciled_once_not_for_ever(when):
+    """A garbled, stale or future-dated ACCOUNT_UPDATE (or a clock that stepped back) shows a position
+    REST does not confirm: one reconciliation settles it; the stream's later real updates still count."""
+    async def body():
+        r = Rig()
+        r.decide(OPEN_SHORT, to=State.SHORT)
+        await r.drain()
+        held = r.ledger.qty
+        r.exchange.positions = [(Decimal(repr(held)), 95_000.0)]  # REST agrees with the bot
+        r.ex._stopping = False
+        r.ex.on_position(0.0, when)  # the stream says flat
+        r.start()
+        for _ in range(200):
+            await asyncio.sleep(0)
+        reads = r.exchange.position_reads
+        assert r.ex.idle and not r.ex._queue and reads == 1, "one reconciliation (REST agrees: one read), then quiet"
+        assert r.ledger.qty == held and r.bot.state is State.SHORT
+        r.exchange.positions = [(Decimal(0), 0.0)]  # now really closed outside
+        r.ex.on_position(0.0, 6000)  # a real update, older than the bogus one's date
+        for _ in range(200):
+            await asyncio.sleep(0)
+        await r.finish()
+        return r, reads
+
+    r, reads = run(body())
+    assert r.exchange.position_reads == reads + 2 and r.ledger.qty == 0 and r.bot.state is State.FLAT
 
 
 def test_a_fill_this_bot_did_not_cause_queues_a_reconciliation_our_own_carries_the_commission():

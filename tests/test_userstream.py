@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import pytest
 from support.sim import API_KEY, API_SECRET, ctl, running_sim
@@ -63,6 +64,19 @@ def test_malformed_or_unknown_messages_are_dropped_without_raising(raw):
     sink = Sink()
     assert sink.stream().handle(raw) is None
     assert sink.orders == [] and sink.positions == []
+
+
+@pytest.mark.parametrize("amount", ["NaN", "inf", "-Infinity", "abc"])
+def test_a_position_amount_that_is_not_a_number_is_dropped(amount, caplog):
+    sink = Sink()
+    bad = json.loads(json.dumps(ACCOUNT))
+    for p in bad["a"]["P"]:
+        if p["s"] == "BTCUSDT":
+            p["pa"] = amount
+    with caplog.at_level(logging.WARNING):
+        assert sink.stream().handle(json.dumps(bad)) is None
+    assert sink.positions == []
+    assert any("malformed user-data message dropped" in m for m in caplog.messages)
 
 
 def test_the_stream_is_on_the_routed_private_path():
