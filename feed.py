@@ -33,6 +33,8 @@ from typing import NamedTuple
 import orjson
 import websockets
 
+from history import INTERVAL_MS
+
 log = logging.getLogger("bollmin.feed")
 
 
@@ -96,6 +98,10 @@ def backoff_delay(attempt: int, base_s: float = 0.5, cap_s: float = 30.0) -> flo
 Event = Trade | KlineClose | Connection
 
 
+SUSPECT_TIME_JUMP_MS = 300_000  # at least: a trade more than this (or 2 candles) after the previous one is held
+SUSPECT_ID_JUMP = 10_000_000    # aggTrade ids: more than days of BTCUSDT trades skipped at once
+
+
 class Feed:
     """The market connection. ``run()`` until ``stop()``; ``on_event`` receives clean data only."""
 
@@ -106,6 +112,11 @@ class Feed:
         self.on_event = on_event
         self.stall_s, self.max_age_s = stall_s, max_age_s
         self.max_jump = max_jump_pct / 100.0
+        # A trade this far past the previous one (exchange time, or aggTrade id) is held until the
+        # next trade shows whether the stream goes on from it (docs/strategy.md, market data).
+        self.suspect_after_ms = max(2 * INTERVAL_MS[interval], SUSPECT_TIME_JUMP_MS)
+        self._suspect: tuple[int, int, float] | None = None
+        self._suspect_kline: KlineClose | None = None
         self.last_price = reference_price
         self.last_trade_id = -1
         self.last_trade_ms = -1
@@ -252,10 +263,36 @@ class Feed:
         price = float(d["p"])
         if not math.isfinite(price) or price <= 0:
             return self._drop("price", f"absurd trade price {d['p']!r} dropped")
+        queued = None
+        k = self._suspect_kline
+        if k is not None:
+            self._suspect_kline = None
+            if t >= k.open_time_ms and k.open_time_ms > self.last_kline_close_ms:  # the market is there
+                self.last_kline_close_ms = k.open_time_ms
+                queued = self.on_event(k)
+            else:
+                self._drop("kline_future", f"closed kline {k.open_time_ms} dropped: it opens far after the "
+                                           f"trades, which went on from before it")
+        if self._suspect is not None:
+            s_id, s_t, s_price = self._suspect
+            self._suspect = None
+            if trade_id > s_id and t >= s_t:  # the stream goes on from it: it was real
+                queued = self._accept(s_id, s_t, s_price) or queued
+            else:
+                self._drop("suspect", f"trade {s_id} at {s_t} dropped: it jumped far ahead of the stream, "
+                                      f"which went on from before it")
         if trade_id <= self.last_trade_id:
-            return self._drop("dup", f"duplicate or out-of-order trade {trade_id} dropped")
+            return self._drop("dup", f"duplicate or out-of-order trade {trade_id} dropped") or queued
         if t < self.last_trade_ms:
-            return self._drop("order", f"trade {trade_id} older than the previous one dropped")
+            return self._drop("order", f"trade {trade_id} older than the previous one dropped") or queued
+        if self.last_trade_ms >= 0 and (t - self.last_trade_ms > self.suspect_after_ms
+                                        or trade_id - self.last_trade_id > SUSPECT_ID_JUMP):
+            # A garbled time or id would otherwise become the mark every real trade is "older" than.
+            self._suspect = (trade_id, t, price)
+            return queued
+        return self._accept(trade_id, t, price) or queued
+
+    def _accept(self, trade_id: int, t: int, price: float) -> bool | None:
         last = self.last_price
         if last is not None and abs(price - last) > self.max_jump * last:
             # One wild print is dropped; a market that really moved keeps printing there.
@@ -279,6 +316,19 @@ class Feed:
         prices = (c.open, c.high, c.low, c.close)
         if not all(math.isfinite(p) and p > 0 for p in prices) or c.high < c.low:
             return self._drop("kline_price", f"closed kline {c.open_time_ms} with impossible prices dropped")
+        last = self.last_price
+        if last is not None and abs(c.close - last) > self.max_jump * last:
+            # its close would sit in the bands for BOLL_PERIOD candles; the next trade closes the candle
+            return self._drop("kline_price", f"closed kline {c.open_time_ms} dropped: its close {c.close} is more "
+                                             f"than {self.max_jump:.0%} from the last trade {last}")
+        if self.last_trade_ms >= 0 and c.open_time_ms > self.last_trade_ms + self.suspect_after_ms:
+            # Far after the last trade: after a long disconnect that is normal, from a garbled
+            # message it would stop every later real close. The next trade tells which.
+            if self._suspect_kline is not None:
+                self._drop("kline_future", f"closed kline {self._suspect_kline.open_time_ms} dropped: no trade "
+                                           f"followed it")
+            self._suspect_kline = c
+            return None
         if c.open_time_ms <= self.last_kline_close_ms:
             return self._drop("kline_dup", f"duplicate closed kline {c.open_time_ms} dropped")
         self.last_kline_close_ms = c.open_time_ms

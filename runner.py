@@ -118,6 +118,7 @@ class Bot:
                          on_event=self.dispatch, stall_s=cfg.WS_STALL_SECONDS, max_age_s=cfg.WS_MAX_AGE_HOURS * 3600,
                          max_jump_pct=cfg.MAX_PRICE_JUMP_PCT, reference_price=closes[-1].close if closes else None)
         self._held: deque[Any] | None = None  # market events waiting for a catch-up after a connect
+        self._gap_kline: int | None = None  # the closed kline that asked for the last gap backfill
         self._orders_queued = False  # dispatch() tells the feed when an event queued live orders
         self._catch_up_again = False
         self._background: set[asyncio.Task] = set()
@@ -209,7 +210,9 @@ class Bot:
         if self.paused:
             return f"new entries are paused ({self.pause_reason})"
         if self.banned_until and time.monotonic() < self.banned_until:
-            return f"the exchange banned this IP for another {self.banned_until - time.monotonic():.0f} s"
+            left = self.banned_until - time.monotonic()
+            return f"the exchange banned this IP for another {left:.0f} s" if left >= 1 else \
+                f"the exchange banned this IP for another {left:.1f} s"
         return None
 
     def on_rate_limit(self, err: ApiError) -> None:
@@ -254,6 +257,13 @@ class Bot:
         try:
             outcome = self.engine.on_candle_closed(k.open_time_ms, k.close)
             if outcome == "gap":
+                if k.open_time_ms == self._gap_kline:
+                    # Backfilled once already and still ahead of the candles the exchange has: not
+                    # asked again (a storm of klines requests); the next trade closes the candle.
+                    log.warning("closed kline %s is still ahead of the exchange's own candles after a backfill: "
+                                "dropped", k.open_time_ms)
+                    return
+                self._gap_kline = k.open_time_ms
                 log.warning("candle %s closed but earlier candles are missing: backfilling", k.open_time_ms)
                 self._start_catch_up()
                 self._hold(k)  # played again once the gap is filled

@@ -205,3 +205,64 @@ def test_an_event_that_queued_an_order_lets_the_executor_run_before_the_next_mes
     asyncio.run(scenario())
     assert len(handled) == 50
     assert ran_after == [3], "the executor must run right after the message that queued its job"
+
+
+# ---- one garbled message must not become the mark every real one is measured against -------------------
+
+DAY = 86_400_000
+
+
+@pytest.mark.parametrize("bogus", ["future-time", "huge-id"])
+def test_a_trade_far_ahead_of_the_stream_is_dropped_when_the_stream_goes_on_from_before_it(bogus):
+    sink = Sink()
+    f = sink.feed()
+    t0 = 1_700_000_000_000
+    f.handle(agg(100, t0, "27000.10"))
+    if bogus == "future-time":
+        f.handle(agg(101, t0 + 7 * DAY, "27000.20"))
+    else:
+        f.handle(agg(2 ** 62, t0 + 10, "27000.20"))
+    for i in range(2, 50):
+        f.handle(agg(100 + i, t0 + i * 100, "27000.30"))
+    assert sink.trades[0] == (t0, 27000.1) and len(sink.trades) == 49, "every real trade passes"
+    assert all(t < t0 + DAY for t, _p in sink.trades) and f.dropped == 1
+
+
+def test_a_real_jump_in_time_passes_once_the_next_trade_follows_it():
+    """After an exchange outage (or a long disconnect) trades resume far later: held for one trade only."""
+    sink = Sink()
+    f = sink.feed()
+    t0 = 1_700_000_000_000
+    f.handle(agg(100, t0, "27000.10"))
+    f.handle(agg(50_000_100, t0 + 3 * 3_600_000, "27100.00"))  # ids and time both far on
+    assert sink.trades == [(t0, 27000.1)]
+    f.handle(agg(50_000_101, t0 + 3 * 3_600_000 + 5, "27100.50"))
+    assert sink.trades == [(t0, 27000.1), (t0 + 3 * 3_600_000, 27100.0), (t0 + 3 * 3_600_000 + 5, 27100.5)]
+    assert f.dropped == 0
+
+
+def test_a_closed_kline_with_an_absurd_close_or_from_the_future_is_dropped():
+    sink = Sink()
+    f = sink.feed()
+    t0 = 1_699_999_200_000  # a 15m boundary
+    f.handle(agg(1, t0 + 1_000, "27000.00"))
+    f.handle(kline(t0, True, c="270000.00"))  # 10x the price
+    f.handle(kline(t0 + 7 * DAY, True))  # a week ahead of the trades: held until the next trade
+    assert sink.closes == [] and f.dropped == 1
+    f.handle(agg(2, t0 + 2_000, "27000.10"))  # the trades go on from before it
+    assert sink.closes == [] and f.dropped == 2
+    f.handle(kline(t0, True, c="27000.10"))  # the real close still counts (not "a duplicate")
+    assert [c.open_time_ms for c in sink.closes] == [t0]
+
+
+def test_a_closed_kline_far_after_the_last_trade_passes_when_the_trades_follow_it():
+    """After a long disconnect the first message may be a closed kline hours after the last trade seen."""
+    sink = Sink()
+    f = sink.feed()
+    t0 = 1_699_999_200_000
+    f.handle(agg(1, t0 + 1_000, "27000.00"))
+    later = t0 + 8 * 900_000
+    f.handle(kline(later, True, c="27010.00"))
+    assert sink.closes == []
+    f.handle(agg(9_000, later + 900_000 + 10, "27011.00"))
+    assert [c.open_time_ms for c in sink.closes] == [later] and f.dropped == 0
