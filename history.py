@@ -345,16 +345,6 @@ def infer_interval_ms(candles: list[Candle]) -> int:
     return min(b.open_time_ms - a.open_time_ms for a, b in zip(candles, candles[1:], strict=False))
 
 
-def check_contiguous(candles: list[Candle], step_ms: int, label: str = "data") -> None:
-    """Raise HistoryError at the first gap or misaligned open time."""
-    for a, b in zip(candles, candles[1:], strict=False):
-        if b.open_time_ms - a.open_time_ms != step_ms:
-            raise HistoryError(
-                f"{label}: gap after open time {a.open_time_ms}: next candle opens at {b.open_time_ms}, "
-                f"expected {a.open_time_ms + step_ms}"
-            )
-
-
 def validate_frame(rows: list[Candle], step_ms: int) -> list[tuple[int, int]]:
     """Validate history loaded over REST or from the DB with pandas; returns its gaps.
 

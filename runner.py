@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
 import sqlite3
@@ -210,9 +211,7 @@ class Bot:
         if self.paused:
             return f"new entries are paused ({self.pause_reason})"
         if self.banned_until and time.monotonic() < self.banned_until:
-            left = self.banned_until - time.monotonic()
-            return f"the exchange banned this IP for another {left:.0f} s" if left >= 1 else \
-                f"the exchange banned this IP for another {left:.1f} s"
+            return f"the exchange banned this IP for another {math.ceil(self.banned_until - time.monotonic())} s"
         return None
 
     def on_rate_limit(self, err: ApiError) -> None:
