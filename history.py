@@ -372,8 +372,9 @@ def validate_frame(rows: list[Candle], step_ms: int) -> list[tuple[int, int]]:
             f"history: candles out of order or off the {step_ms} ms grid at open time "
             f"{int(df.loc[pos, 'open_time_ms'])} (step of {int(steps[pos])} ms)"
         )
-    holes = steps[steps != step_ms]
-    gaps = [(int(df.loc[pos - 1, "open_time_ms"]), int(step) // step_ms - 1) for pos, step in holes.items()]
+    from tape import find_gaps  # lazy: tape imports this module (and numpy)
+
+    gaps = find_gaps(df["open_time_ms"].to_numpy(), step_ms)
     prices = df[["open", "high", "low", "close"]]
     broken = (
         prices.isna().any(axis=1)
